@@ -1,0 +1,94 @@
+"""Checkpoints: a safetensors file of weights with the config and vocabularies in its metadata.
+
+Loading never unpickles anything: a pickle (``torch.save``) file is refused, not executed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from edgeseq.errors import CheckpointError, EdgeseqError
+from edgeseq.models.rnn import RNNConfig, RNNSeq2Seq
+from edgeseq.vocab import Vocab
+
+CHECKPOINT_VERSION = 1
+FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {"rnn": (RNNConfig, RNNSeq2Seq)}
+
+
+@dataclass
+class Checkpoint:
+    """A model rebuilt from its config and weights, with its vocabularies and free-form info."""
+
+    model: nn.Module
+    source_vocab: Vocab
+    target_vocab: Vocab
+    info: dict[str, Any]
+
+
+def family_of(model: nn.Module) -> str:
+    for name, (_, cls) in FAMILIES.items():
+        if isinstance(model, cls):
+            return name
+    raise CheckpointError(f"cannot save a {type(model).__name__}: supported models are "
+                          + ", ".join(cls.__name__ for _, cls in FAMILIES.values()))
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, source_vocab: Vocab, target_vocab: Vocab, **info: Any) -> Path:
+    """Write `model` (a reference model from edgeseq.models) as one .safetensors file."""
+    path = Path(path)
+    meta = {
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "family": family_of(model),
+        "config": model.cfg.to_dict(),
+        "source_vocab": source_vocab.to_json(),
+        "target_vocab": target_vocab.to_json(),
+        "info": info,
+    }
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"edgeseq": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Rebuild the model of an edgeseq checkpoint, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta_text = (f.metadata() or {}).get("edgeseq")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: not an edgeseq checkpoint ({e}); edgeseq reads only the .safetensors files it writes "
+            "(pickled torch.save files are refused: loading them can run arbitrary code)"
+        ) from None
+    if meta_text is None:
+        raise CheckpointError(f"{path}: a safetensors file without edgeseq metadata; save it with edgeseq.export.save_checkpoint")
+    try:
+        meta = json.loads(meta_text)
+        family = meta["family"]
+        config_cls, model_cls = FAMILIES[family]
+        names = {f.name for f in fields(config_cls)}
+        cfg = config_cls(**{k: v for k, v in meta["config"].items() if k in names})
+        vocabs = Vocab.from_json(meta["source_vocab"]), Vocab.from_json(meta["target_vocab"])
+    except EdgeseqError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed edgeseq metadata ({type(e).__name__}: {e}); "
+                              f"known families: {', '.join(FAMILIES)}") from None
+    model = model_cls(cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the config ({str(e).splitlines()[0]})") from None
+    return Checkpoint(model.eval(), *vocabs, meta.get("info", {}))

@@ -1,0 +1,188 @@
+"""export_model: PyTorch model -> bundle directory, as a fixed pipeline.
+
+check the target -> trace each graph -> write tokenizer and manifest -> load with the runtime and check
+parity against PyTorch -> record the figures -> move the finished bundle into place.
+The bundle is built in a temporary directory beside the target, so a failed or killed export never leaves
+a half-written bundle under the target name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch import nn
+
+import edgeseq
+from edgeseq.bundle import Manifest, file_sha256
+from edgeseq.errors import OptionsError, ParityError
+from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
+from edgeseq.export.parity import ParityReport, Thresholds, check_parity, sample_sources
+from edgeseq.export.rnn import RNNAdapter
+from edgeseq.export.trace import trace_graph
+from edgeseq.models.rnn import RNNSeq2Seq
+from edgeseq.runtime.bundle import load_bundle
+from edgeseq.runtime.generator import OrtBackend
+from edgeseq.runtime.loop import initial_state
+from edgeseq.runtime.options import DecodingOptions
+from edgeseq.vocab import Vocab
+
+ADAPTERS: dict[type[nn.Module], Callable[[Any], Seq2SeqAdapter]] = {RNNSeq2Seq: RNNAdapter}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export. Invalid values are refused at construction."""
+
+    opset: int = 17  # ONNX opset of every graph
+    force: bool = False  # replace an existing bundle at the target
+    max_new_tokens: int = 64  # the bundle's default generation limit
+    max_source_length: int | None = None  # longest source the bundle accepts (None: the model's limit)
+    check_parity: bool = True  # validate against PyTorch and refuse a bundle that fails
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        if not 13 <= self.opset <= 20:
+            raise OptionsError(f"opset must be between 13 and 20, got {self.opset}")
+        if self.max_new_tokens < 1:
+            raise OptionsError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_source_length is not None and self.max_source_length < 1:
+            raise OptionsError(f"max_source_length must be >= 1, got {self.max_source_length}")
+
+
+def adapter_for(model: nn.Module) -> Seq2SeqAdapter:
+    """The export adapter of a reference model; a Seq2SeqAdapter is taken as it is."""
+    if isinstance(model, Seq2SeqAdapter):
+        return model
+    for cls, make in ADAPTERS.items():
+        if isinstance(model, cls):
+            return make(model)
+    raise OptionsError(
+        f"cannot export a {type(model).__name__}: pass a model from edgeseq.models "
+        f"({', '.join(c.__name__ for c in ADAPTERS)}) or wrap yours in an edgeseq.export.Seq2SeqAdapter"
+    )
+
+
+def export_model(model: nn.Module, out_dir: str | Path, *, source_vocab: Vocab, target_vocab: Vocab,
+                 options: ExportOptions = ExportOptions(), parity_sources: Sequence[Sequence[int]] | None = None,
+                 made_from: dict[str, Any] | None = None,
+                 progress: Callable[[str], None] = lambda msg: None) -> tuple[Path, ParityReport | None]:
+    """Export `model` to a bundle at `out_dir`; returns the path and the parity report.
+
+    `parity_sources` are source id lists (each ending in </s>) to check decoding on; random ones are
+    drawn from the source vocabulary when none are given.
+    """
+    out = Path(out_dir)
+    if out.exists() and not options.force:
+        raise OptionsError(f"{out} already exists: choose another --out, or pass --force to replace it")
+    adapter = adapter_for(model).eval()
+    specs = adapter.graph_specs()
+    _check_vocab_sizes(adapter, specs, source_vocab, target_vocab)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        reference = TorchBackend(adapter)
+        feeds = _example_feeds(reference, source_vocab)
+        for name, spec in specs.items():
+            progress(f"tracing {name}")
+            trace_graph(adapter, name, spec, feeds[name], tmp / spec.file, options.opset)
+        source_vocab.save(tmp / "source_vocab.json")
+        target_vocab.save(tmp / "target_vocab.json")
+        manifest = _manifest(adapter, specs, tmp, source_vocab, target_vocab, options, made_from or {})
+        manifest.save(tmp)
+        report = None
+        if options.check_parity:
+            progress("checking parity against PyTorch")
+            sources = parity_sources or sample_sources(len(source_vocab), seed=0)
+            backend = OrtBackend(load_bundle(tmp))
+            report = check_parity(reference, backend, sources, options.thresholds,
+                                  DecodingOptions(max_new_tokens=options.max_new_tokens))
+            manifest.parity.update(reference="pytorch", **report.to_json())
+            manifest.save(tmp)
+            if not report.ok:
+                raise ParityError(f"exported graphs do not match PyTorch: {'; '.join(report.failures())}")
+        _replace(tmp, out)
+        return out, report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_vocab_sizes(adapter: Seq2SeqAdapter, specs, source_vocab: Vocab, target_vocab: Vocab) -> None:
+    logits = specs["decoder_step"].output(adapter.decoder_spec().logits_output)
+    if len(target_vocab) != logits.shape[-1]:
+        raise OptionsError(f"target vocabulary has {len(target_vocab)} tokens but the model predicts {logits.shape[-1]}")
+    if len(source_vocab) != adapter.source_vocab_size:
+        raise OptionsError(f"source vocabulary has {len(source_vocab)} tokens but the model embeds {adapter.source_vocab_size}")
+
+
+def _example_feeds(reference: TorchBackend, source_vocab: Vocab) -> dict[str, dict[str, torch.Tensor]]:
+    """Inputs of a real first decoding step, per graph, for tracing (batch 2, padded)."""
+    from edgeseq.runtime.batching import pad_batch
+
+    spec = reference.adapter.decoder_spec()
+    src_ids, src_mask = pad_batch(sample_sources(len(source_vocab), count=2, max_len=7, seed=1), reference.special_tokens["pad"])
+    state = initial_state(reference, src_ids, src_mask, spec)
+    step = {**state.context, **state.states,
+            spec.tokens_input: np.full(2, reference.special_tokens["decoder_start"], dtype=np.int64)}
+    if spec.step_input:
+        step[spec.step_input] = np.array(0, dtype=np.int64)
+    pools = {"encoder": state.context, "attention": state.context, "decoder_step": step}
+    return {g: {t.name: torch.from_numpy(np.ascontiguousarray(pools[g][t.name])) for t in s.inputs}
+            for g, s in reference.graphs.items()}
+
+
+def _manifest(adapter: Seq2SeqAdapter, specs, bundle: Path, source_vocab: Vocab, target_vocab: Vocab,
+              options: ExportOptions, made_from: dict[str, Any]) -> Manifest:
+    graphs = {name: type(spec)(spec.file, spec.inputs, spec.outputs, file_sha256(bundle / spec.file))
+              for name, spec in specs.items()}
+    max_src = options.max_source_length or adapter.max_source_length
+    special = {**adapter.special_tokens(), "unk": target_vocab.unk_id}
+    return Manifest(
+        family=adapter.family,
+        graphs=graphs,
+        decoder=adapter.decoder_spec(),
+        special_tokens=special,
+        source_vocab_size=len(source_vocab),
+        target_vocab_size=len(target_vocab),
+        tokenizer={"type": "vocab", "source": "source_vocab.json", "target": "target_vocab.json",
+                   "level": source_vocab.level},
+        max_source_length=max_src,
+        max_new_tokens=options.max_new_tokens,
+        provenance={
+            "edgeseq": edgeseq.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "exporter": "torch.onnx.export (TorchScript tracing)",
+            "opset": options.opset,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "options": {k: v for k, v in asdict(options).items() if k != "thresholds"},
+            "simplify": None,
+            "quantize": None,
+            **made_from,
+        },
+    )
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an existing one is swapped out only after the new one is whole."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

@@ -1,0 +1,8 @@
+"""The edgeseq runtime: numpy + onnxruntime only (never torch, onnx or onnxsim)."""
+
+from edgeseq.runtime.bundle import Bundle, load_bundle
+from edgeseq.runtime.generator import Generator, OrtBackend, Translation
+from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.search import Hypothesis
+
+__all__ = ["Bundle", "DecodingOptions", "Generator", "Hypothesis", "OrtBackend", "Translation", "load_bundle"]

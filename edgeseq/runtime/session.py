@@ -1,0 +1,74 @@
+"""ONNX Runtime sessions for a bundle's graphs, checked against the manifest at load."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeseq.bundle import GraphSpec
+from edgeseq.errors import BundleError, OptionsError
+from edgeseq.runtime.bundle import Bundle
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_ORT_DTYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+    "tensor(int32)": "int32", "tensor(bool)": "bool",
+}
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """'cpu' | 'cuda' | 'auto' -> ONNX Runtime provider list; a provider that cannot load is an error."""
+    available = ort.get_available_providers()
+    if provider == "auto":
+        return [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
+    if provider not in PROVIDERS:
+        raise OptionsError(f"unknown provider {provider!r}: choose one of {', '.join([*PROVIDERS, 'auto'])}")
+    if PROVIDERS[provider] not in available:
+        raise OptionsError(
+            f"provider {provider!r} is not available in this onnxruntime (available: {', '.join(available)}); "
+            "for CUDA install edgeseq[gpu] (onnxruntime-gpu) instead of onnxruntime"
+        )
+    return [PROVIDERS[provider]] + ([PROVIDERS["cpu"]] if provider != "cpu" else [])
+
+
+class GraphSession:
+    """One graph: an InferenceSession whose inputs/outputs were checked against its GraphSpec."""
+
+    def __init__(self, bundle: Bundle, name: str, providers: list[str], options: ort.SessionOptions) -> None:
+        self.name, self.spec = name, bundle.manifest.graphs[name]
+        path = bundle.graph_path(name)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+            raise BundleError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+        check_io(name, self.spec, self.session)
+        self.input_names = [t.name for t in self.spec.inputs]
+        self.output_names = [t.name for t in self.spec.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Feeds by name (extra names ignored) -> outputs by name."""
+        values = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
+        return dict(zip(self.output_names, values))
+
+
+def check_io(name: str, spec: GraphSpec, session: ort.InferenceSession) -> None:
+    """Refuse a graph whose real inputs/outputs differ from the manifest, naming the first difference."""
+    for kind, declared, actual in (("input", spec.inputs, session.get_inputs()),
+                                   ("output", spec.outputs, session.get_outputs())):
+        want = {t.name: t for t in declared}
+        got = {a.name: a for a in actual}
+        if set(want) != set(got):
+            raise BundleError(
+                f"{spec.file}: graph {kind}s {sorted(got)} do not match the manifest's graphs.{name}.{kind}s {sorted(want)}"
+            )
+        for t in declared:
+            a = got[t.name]
+            dtype = _ORT_DTYPES.get(a.type, a.type)
+            if dtype != t.dtype:
+                raise BundleError(f"{spec.file}: {kind} {t.name!r} is {dtype} in the graph but {t.dtype} in the manifest")
+            if len(a.shape) != len(t.shape) or any(
+                isinstance(d, int) and isinstance(g, int) and d != g for d, g in zip(t.shape, a.shape)
+            ):
+                raise BundleError(
+                    f"{spec.file}: {kind} {t.name!r} has shape {list(a.shape)} in the graph but {list(t.shape)} in the manifest"
+                )
