@@ -1,0 +1,165 @@
+"""The `edgeseq` command line. User errors print one line on stderr and exit non-zero; bugs keep tracebacks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgeseq.errors import EdgeseqError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeseq")
+def cli() -> None:
+    """Export PyTorch encoder-decoders to ONNX bundles, run them, and check them against PyTorch."""
+
+
+@cli.command()
+@click.argument("checkpoint")
+@click.option("--out", required=True, help="Bundle directory to write (must not exist unless --force).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset.")
+@click.option("--max-new-tokens", default=64, show_default=True, help="The bundle's default generation limit.")
+@click.option("--data", help="Source sentences (one per line) to check parity on, instead of random ones.")
+def export(checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: int, data: str | None) -> None:
+    """Export CHECKPOINT (a .safetensors file saved by edgeseq) to a bundle, checking parity."""
+    from edgeseq.bundle import file_sha256
+    from edgeseq.export import ExportOptions, export_model, load_checkpoint
+    from edgeseq.runtime.sources import read_sources
+
+    options = ExportOptions(opset=opset, force=force, max_new_tokens=max_new_tokens)
+    if Path(out).exists() and not force:  # before the slow part
+        raise EdgeseqError(f"{out} already exists: choose another --out, or pass --force to replace it")
+    ckpt = load_checkpoint(checkpoint)
+    sources = [ckpt.source_vocab.encode(t) for t in read_sources(data)] if data else None
+    path, report = export_model(
+        ckpt.model, out, source_vocab=ckpt.source_vocab, target_vocab=ckpt.target_vocab, options=options,
+        parity_sources=sources, made_from={"checkpoint": Path(checkpoint).name,
+                                           "checkpoint_sha256": file_sha256(Path(checkpoint))},
+        progress=lambda msg: click.echo(f"edgeseq: {msg}", err=True),
+    )
+    click.echo(report.table())
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("bundle")
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_file", help="Read sources from this file, one per line.")
+@click.option("--max-new-tokens", type=int, help="Stop after this many tokens (default: the bundle's).")
+@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per source.")
+def generate(bundle: str, texts: tuple[str, ...], input_file: str | None, max_new_tokens: int | None,
+             provider: str, threads: int | None, as_json: bool) -> None:
+    """Translate TEXTS (or --input FILE) with BUNDLE; one output line per source."""
+    from edgeseq.runtime import DecodingOptions, Generator
+
+    if input_file and texts:
+        raise EdgeseqError("give sources either as arguments or with --input, not both")
+    if input_file:
+        from edgeseq.runtime.sources import read_sources
+
+        sources = read_sources(input_file)
+    else:
+        sources = list(texts)
+    if not sources:
+        raise EdgeseqError("no sources: pass text arguments or --input FILE")
+    gen = Generator(bundle, provider=provider, threads=threads)
+    options = gen.options if max_new_tokens is None else gen.options.replace(max_new_tokens=max_new_tokens)
+    results = gen.generate(sources, options)
+    if as_json:
+        click.echo(json.dumps([{"source": s, "text": r.text, "tokens": list(r.tokens), "score": r.score}
+                               for s, r in zip(sources, results)], ensure_ascii=False, indent=2))
+    else:
+        for r in results:
+            click.echo(r.text)
+
+
+@cli.command()
+@click.argument("bundle")
+@click.option("--reference", required=True, help="The PyTorch checkpoint the bundle was exported from.")
+@click.option("--data", help="Source sentences to decode, one per line (default: random sources).")
+@click.option("--json", "json_out", help="Also write the report as JSON to this file ('-' for stdout).")
+@click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance on graph outputs.")
+@click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance on graph outputs.")
+@click.option("--min-exact-match", default=1.0, show_default=True, help="Required fraction of identical sequences.")
+def validate(bundle: str, reference: str, data: str | None, json_out: str | None, atol: float, rtol: float,
+             min_exact_match: float) -> None:
+    """Check BUNDLE against PyTorch: graph outputs and greedy sequences. Exit 1 on a failed check."""
+    from edgeseq.export.parity import Thresholds
+    from edgeseq.export.validate import validate_bundle
+    from edgeseq.runtime.sources import read_sources
+
+    texts = read_sources(data) if data else None
+    report = validate_bundle(bundle, reference, texts, Thresholds(atol, rtol, min_exact_match))
+    if json_out == "-":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(report.table())
+        if json_out:
+            Path(json_out).write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("bundle")
+def info(bundle: str) -> None:
+    """Print what BUNDLE holds: family, graphs and their I/O, tokens, provenance, parity."""
+    from edgeseq.runtime import load_bundle
+
+    b = load_bundle(bundle)
+    m = b.manifest
+    click.echo(f"{b.path}: {m.family} bundle, format {m.format_version}, "
+               f"vocab {m.source_vocab_size} -> {m.target_vocab_size}")
+    for name, g in m.graphs.items():
+        size = (b.path / g.file).stat().st_size
+        click.echo(f"  {g.file} ({size / 1e6:.2f} MB)")
+        for kind, tensors in (("in ", g.inputs), ("out", g.outputs)):
+            for t in tensors:
+                click.echo(f"    {kind} {t.name:<14} {t.dtype:<8} {list(t.shape)}")
+    click.echo(f"  states: {', '.join(f'{s.input} <- {s.output}' for s in m.decoder.states)}")
+    made = m.provenance
+    click.echo(f"  made by edgeseq {made.get('edgeseq')} with torch {made.get('torch')}, opset {made.get('opset')}")
+    click.echo(f"  parity: {'PASS' if m.parity.get('ok') else 'not recorded' if not m.parity else 'FAIL'}")
+
+
+@cli.command()
+@click.option("--out", help="Keep the checkpoint and bundle in this new directory.")
+@click.option("--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True)
+@click.option("--attention", type=click.Choice(["bahdanau", "luong-dot", "luong-general"]), default="bahdanau",
+              show_default=True)
+@click.option("--steps", default=600, show_default=True, help="Training steps (batch 64).")
+def demo(out: str | None, cell: str, attention: str, steps: int) -> None:
+    """Train a date normalizer on the CPU, export it, validate it, translate with ONNX Runtime."""
+    from edgeseq.demo.run import DemoOptions, run_demo
+
+    click.echo(f"edgeseq demo: human-written dates -> ISO dates with a {cell.upper()} + {attention} model")
+    run_demo(Path(out) if out else None, DemoOptions(cell=cell, attention=attention, steps=steps), echo=click.echo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and a non-zero exit status."""
+    try:
+        cli.main(args=argv, prog_name="edgeseq", standalone_mode=False)
+    except EdgeseqError as e:
+        click.echo(f"edgeseq: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"edgeseq: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("edgeseq: aborted", err=True)
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
