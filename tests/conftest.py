@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random-weight RNN models and their bundles, built in the test session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeseq.export import ExportOptions, export_model, save_checkpoint
+from edgeseq.models import RNNConfig, RNNSeq2Seq
+from edgeseq.vocab import Vocab
+
+SOURCE_TEXT = "abcdefghijklmnopqrstuvwxyz0123456789 ,."
+TARGET_TEXT = "0123456789-"
+
+
+def vocabs() -> tuple[Vocab, Vocab]:
+    return Vocab.build([SOURCE_TEXT]), Vocab.build([TARGET_TEXT])
+
+
+def tiny_rnn(cell="lstm", attention="bahdanau", bidirectional=True, layers=2, seed=0) -> tuple[RNNSeq2Seq, Vocab, Vocab]:
+    """A random-weight model, logits scaled up so that greedy decoding is not a near-tie lottery."""
+    sv, tv = vocabs()
+    torch.manual_seed(seed)
+    cfg = RNNConfig(len(sv), len(tv), cell=cell, attention=attention, bidirectional=bidirectional, layers=layers,
+                    hidden=32, emb_dim=16, attn_dim=24)
+    model = RNNSeq2Seq(cfg).eval()
+    with torch.no_grad():
+        model.decoder.out.weight.mul_(4.0)
+        model.decoder.out.bias[tv.eos_id] -= 2.0  # random models should not stop at the first token
+    return model, sv, tv
+
+
+def mixed_sources(sv: Vocab, count=6, seed=3) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    lengths = [11, 2, 7, 1, 9, 4][:count]
+    return [[int(i) for i in rng.integers(4, len(sv), size=n)] + [sv.eos_id] for n in lengths]
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(tmp_path_factory):
+    """export(cell, attention, bidirectional) -> (bundle path, model, sv, tv), cached per combination."""
+    cache = {}
+
+    def make(cell="lstm", attention="bahdanau", bidirectional=True):
+        key = (cell, attention, bidirectional)
+        if key not in cache:
+            model, sv, tv = tiny_rnn(cell, attention, bidirectional)
+            out = tmp_path_factory.mktemp("bundles") / f"{cell}-{attention}-{int(bidirectional)}"
+            export_model(model, out, source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=12))
+            cache[key] = (out, model, sv, tv)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def checkpoint_and_bundle(bundle_factory, tmp_path_factory):
+    """A saved checkpoint and the bundle exported from it (LSTM + Bahdanau, bidirectional)."""
+    bundle, model, sv, tv = bundle_factory()
+    ckpt = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_checkpoint(ckpt, model, sv, tv)
+    return ckpt, bundle
