@@ -76,8 +76,13 @@ class StateSpec:
 
     def to_json(self) -> dict:
         init = {"from": self.init_from} if self.init_from else {"zeros": list(self.zeros_shape or ())}
-        return {"input": self.input, "output": self.output, "batch_axis": self.batch_axis,
-                "dtype": self.dtype, "init": init}
+        return {
+            "input": self.input,
+            "output": self.output,
+            "batch_axis": self.batch_axis,
+            "dtype": self.dtype,
+            "init": init,
+        }
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,9 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         if name not in graphs_raw:
             r.problem(f"graphs.{name}", "missing")
     dec = r.get(data, "decoder", dict, {})
-    states = tuple(_state(r, s, f"decoder.states[{i}]") for i, s in enumerate(r.get(dec, "states", list, [], "decoder.")))
+    states = tuple(
+        _state(r, s, f"decoder.states[{i}]") for i, s in enumerate(r.get(dec, "states", list, [], "decoder."))
+    )
     decoder = DecoderSpec(
         tokens_input=r.get(dec, "tokens_input", str, "", "decoder."),
         logits_output=r.get(dec, "logits_output", str, "", "decoder."),
@@ -230,12 +237,16 @@ def _check_references(m: Manifest, where: str) -> None:
         problems.append(f"decoder.step_input {m.decoder.step_input!r} is not an input of decoder_step")
     for i, s in enumerate(m.decoder.states):
         if s.input not in step_in or s.output not in step_out:
-            problems.append(f"decoder.states[{i}] ({s.input} -> {s.output}) is not an input/output pair of decoder_step")
+            problems.append(
+                f"decoder.states[{i}] ({s.input} -> {s.output}) is not an input/output pair of decoder_step"
+            )
         if s.init_from and s.init_from not in produced:
             problems.append(f"decoder.states[{i}].init.from {s.init_from!r} is not an output of encoder or attention")
     for name, value in m.special_tokens.items():
         if isinstance(value, int) and not 0 <= value < m.target_vocab_size and name != "unk":
-            problems.append(f"special_tokens.{name} = {value} is outside the target vocabulary (0..{m.target_vocab_size - 1})")
+            problems.append(
+                f"special_tokens.{name} = {value} is outside the target vocabulary (0..{m.target_vocab_size - 1})"
+            )
     if problems:
         raise BundleError(f"{where}: " + "; ".join(problems))
 
@@ -288,7 +299,9 @@ def _graph(r: _Reader, g: Any, key: str) -> GraphSpec:
     if file and (Path(file).is_absolute() or ".." in Path(file).parts or "/" in file or "\\" in file):
         r.problem(key + ".file", f"{file!r} must be a plain file name inside the bundle")
     inputs = tuple(_tensor(r, t, f"{key}.inputs[{i}]") for i, t in enumerate(r.get(g, "inputs", list, [], key + ".")))
-    outputs = tuple(_tensor(r, t, f"{key}.outputs[{i}]") for i, t in enumerate(r.get(g, "outputs", list, [], key + ".")))
+    outputs = tuple(
+        _tensor(r, t, f"{key}.outputs[{i}]") for i, t in enumerate(r.get(g, "outputs", list, [], key + "."))
+    )
     return GraphSpec(file, inputs, outputs, r.get(g, "sha256", str, "", key + "."))
 
 

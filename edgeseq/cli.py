@@ -36,9 +36,13 @@ def export(checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: i
     ckpt = load_checkpoint(checkpoint)
     sources = [ckpt.source_vocab.encode(t) for t in read_sources(data)] if data else None
     path, report = export_model(
-        ckpt.model, out, source_vocab=ckpt.source_vocab, target_vocab=ckpt.target_vocab, options=options,
-        parity_sources=sources, made_from={"checkpoint": Path(checkpoint).name,
-                                           "checkpoint_sha256": file_sha256(Path(checkpoint))},
+        ckpt.model,
+        out,
+        source_vocab=ckpt.source_vocab,
+        target_vocab=ckpt.target_vocab,
+        options=options,
+        parity_sources=sources,
+        made_from={"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(Path(checkpoint))},
         progress=lambda msg: click.echo(f"edgeseq: {msg}", err=True),
     )
     click.echo(report.table())
@@ -53,10 +57,17 @@ def export(checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: i
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per source.")
-def generate(bundle: str, texts: tuple[str, ...], input_file: str | None, max_new_tokens: int | None,
-             provider: str, threads: int | None, as_json: bool) -> None:
+def generate(
+    bundle: str,
+    texts: tuple[str, ...],
+    input_file: str | None,
+    max_new_tokens: int | None,
+    provider: str,
+    threads: int | None,
+    as_json: bool,
+) -> None:
     """Translate TEXTS (or --input FILE) with BUNDLE; one output line per source."""
-    from edgeseq.runtime import DecodingOptions, Generator
+    from edgeseq.runtime import Generator
 
     if input_file and texts:
         raise EdgeseqError("give sources either as arguments or with --input, not both")
@@ -72,8 +83,16 @@ def generate(bundle: str, texts: tuple[str, ...], input_file: str | None, max_ne
     options = gen.options if max_new_tokens is None else gen.options.replace(max_new_tokens=max_new_tokens)
     results = gen.generate(sources, options)
     if as_json:
-        click.echo(json.dumps([{"source": s, "text": r.text, "tokens": list(r.tokens), "score": r.score}
-                               for s, r in zip(sources, results)], ensure_ascii=False, indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {"source": s, "text": r.text, "tokens": list(r.tokens), "score": r.score}
+                    for s, r in zip(sources, results)
+                ],
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
     else:
         for r in results:
             click.echo(r.text)
@@ -87,8 +106,15 @@ def generate(bundle: str, texts: tuple[str, ...], input_file: str | None, max_ne
 @click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance on graph outputs.")
 @click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance on graph outputs.")
 @click.option("--min-exact-match", default=1.0, show_default=True, help="Required fraction of identical sequences.")
-def validate(bundle: str, reference: str, data: str | None, json_out: str | None, atol: float, rtol: float,
-             min_exact_match: float) -> None:
+def validate(
+    bundle: str,
+    reference: str,
+    data: str | None,
+    json_out: str | None,
+    atol: float,
+    rtol: float,
+    min_exact_match: float,
+) -> None:
     """Check BUNDLE against PyTorch: graph outputs and greedy sequences. Exit 1 on a failed check."""
     from edgeseq.export.parity import Thresholds
     from edgeseq.export.validate import validate_bundle
@@ -114,9 +140,10 @@ def info(bundle: str) -> None:
 
     b = load_bundle(bundle)
     m = b.manifest
-    click.echo(f"{b.path}: {m.family} bundle, format {m.format_version}, "
-               f"vocab {m.source_vocab_size} -> {m.target_vocab_size}")
-    for name, g in m.graphs.items():
+    click.echo(
+        f"{b.path}: {m.family} bundle, format {m.format_version}, vocab {m.source_vocab_size} -> {m.target_vocab_size}"
+    )
+    for g in m.graphs.values():
         size = (b.path / g.file).stat().st_size
         click.echo(f"  {g.file} ({size / 1e6:.2f} MB)")
         for kind, tensors in (("in ", g.inputs), ("out", g.outputs)):
@@ -131,8 +158,9 @@ def info(bundle: str) -> None:
 @cli.command()
 @click.option("--out", help="Keep the checkpoint and bundle in this new directory.")
 @click.option("--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True)
-@click.option("--attention", type=click.Choice(["bahdanau", "luong-dot", "luong-general"]), default="bahdanau",
-              show_default=True)
+@click.option(
+    "--attention", type=click.Choice(["bahdanau", "luong-dot", "luong-general"]), default="bahdanau", show_default=True
+)
 @click.option("--steps", default=600, show_default=True, help="Training steps (batch 64).")
 def demo(out: str | None, cell: str, attention: str, steps: int) -> None:
     """Train a date normalizer on the CPU, export it, validate it, translate with ONNX Runtime."""

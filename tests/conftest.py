@@ -18,12 +18,23 @@ def vocabs() -> tuple[Vocab, Vocab]:
     return Vocab.build([SOURCE_TEXT]), Vocab.build([TARGET_TEXT])
 
 
-def tiny_rnn(cell="lstm", attention="bahdanau", bidirectional=True, layers=2, seed=0) -> tuple[RNNSeq2Seq, Vocab, Vocab]:
+def tiny_rnn(
+    cell="lstm", attention="bahdanau", bidirectional=True, layers=2, seed=0
+) -> tuple[RNNSeq2Seq, Vocab, Vocab]:
     """A random-weight model, logits scaled up so that greedy decoding is not a near-tie lottery."""
     sv, tv = vocabs()
     torch.manual_seed(seed)
-    cfg = RNNConfig(len(sv), len(tv), cell=cell, attention=attention, bidirectional=bidirectional, layers=layers,
-                    hidden=32, emb_dim=16, attn_dim=24)
+    cfg = RNNConfig(
+        len(sv),
+        len(tv),
+        cell=cell,
+        attention=attention,
+        bidirectional=bidirectional,
+        layers=layers,
+        hidden=32,
+        emb_dim=16,
+        attn_dim=24,
+    )
     model = RNNSeq2Seq(cfg).eval()
     with torch.no_grad():
         model.decoder.out.weight.mul_(4.0)

@@ -14,8 +14,9 @@ from edgeseq.bundle import MANIFEST, file_sha256
 
 
 def edgeseq(*args, input=None):
-    return subprocess.run([sys.executable, "-m", "edgeseq", *map(str, args)], capture_output=True, text=True,
-                          input=input, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeseq", *map(str, args)], capture_output=True, text=True, input=input, timeout=600
+    )
 
 
 def assert_user_error(result, message, code=1):
@@ -138,7 +139,14 @@ def test_demo_end_to_end(tmp_path):
     accuracy = float(final.split("exact match ")[1].split("%")[0])
     assert accuracy >= 95.0
     assert "parity with PyTorch: PASS" in r.stdout
-    assert sum(line.rstrip().split()[-2] == "ok" for line in lines if line.count("-") >= 2 and line.endswith(tuple("0123456789"))) >= 6
+    assert (
+        sum(
+            line.rstrip().split()[-2] == "ok"
+            for line in lines
+            if line.count("-") >= 2 and line.endswith(tuple("0123456789"))
+        )
+        >= 6
+    )
     assert (out / "dates.safetensors").is_file() and (out / "bundle" / MANIFEST).is_file()
     r = edgeseq("generate", out / "bundle", "Tuesday, 24 November 2026", "11/24/2026")
     assert r.stdout.splitlines() == ["2026-11-24", "2026-11-24"]

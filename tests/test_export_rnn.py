@@ -46,7 +46,7 @@ def test_graphs_are_valid_named_and_dynamic(bundle_factory, cell, attention, bid
     manifest = json.loads((bundle / MANIFEST).read_text())
     expected = {"encoder", "decoder_step"} | ({"attention"} if attention in ("bahdanau", "luong-general") else set())
     assert set(manifest["graphs"]) == expected
-    for name, g in manifest["graphs"].items():
+    for g in manifest["graphs"].values():
         model = onnx.load(str(bundle / g["file"]))
         onnx.checker.check_model(model, full_check=True)
         for declared, actual in ((g["inputs"], model.graph.input), (g["outputs"], model.graph.output)):
@@ -66,7 +66,12 @@ def test_each_graph_matches_pytorch(bundle_factory, cell, attention, bidirection
     bundle, model, sv, _ = bundle_factory(cell, attention, bidirectional)
     src, mask = pad_batch(mixed_sources(sv), sv.pad_id)
     sess = {p.stem: ort.InferenceSession(str(p)) for p in bundle.glob("*.onnx")}
-    enc = dict(zip([o.name for o in sess["encoder"].get_outputs()], sess["encoder"].run(None, {"src_ids": src, "src_mask": mask})))
+    enc = dict(
+        zip(
+            [o.name for o in sess["encoder"].get_outputs()],
+            sess["encoder"].run(None, {"src_ids": src, "src_mask": mask}),
+        )
+    )
     with torch.no_grad():
         memory, states = model.encoder(torch.from_numpy(src), torch.from_numpy(mask))
         keys = model.attention_keys(memory)
@@ -80,11 +85,17 @@ def test_each_graph_matches_pytorch(bundle_factory, cell, attention, bidirection
     tokens = torch.full((len(src),), sv.bos_id)
     step = sess["decoder_step"]
     for _ in range(3):
-        pool = {"prev_tokens": tokens.numpy(), "memory": memory.numpy(), "src_mask": mask,
-                **{k: v.numpy() for k, v in state.items()}}
+        pool = {
+            "prev_tokens": tokens.numpy(),
+            "memory": memory.numpy(),
+            "src_mask": mask,
+            **{k: v.numpy() for k, v in state.items()},
+        }
         if keys is not None:
             pool["attn_keys"] = keys.numpy()
-        got = dict(zip([o.name for o in step.get_outputs()], step.run(None, {i.name: pool[i.name] for i in step.get_inputs()})))
+        got = dict(
+            zip([o.name for o in step.get_outputs()], step.run(None, {i.name: pool[i.name] for i in step.get_inputs()}))
+        )
         with torch.no_grad():
             logits, state, weights = model.decoder(tokens, state, keys, memory, torch.from_numpy(mask))
         np.testing.assert_allclose(got["logits"], logits.numpy(), atol=1e-4, rtol=0)

@@ -5,7 +5,7 @@ import torch
 
 from edgeseq.demo.train import TrainOptions, make_batch, train
 from edgeseq.errors import OptionsError
-from edgeseq.models import ATTENTIONS, CELLS, RNNConfig, RNNSeq2Seq
+from edgeseq.models import ATTENTIONS, CELLS, RNNConfig
 from tests.conftest import mixed_sources, tiny_rnn
 
 

@@ -13,8 +13,10 @@ from edgeseq.runtime import DecodingOptions, Generator, load_bundle
 
 
 def test_runtime_imports_no_torch_onnx_or_onnxsim():
-    code = ("import edgeseq.runtime, sys; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxsim')))")
+    code = (
+        "import edgeseq.runtime, sys; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxsim')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -41,8 +43,14 @@ def edit_manifest(bundle, change):
         (lambda d: d.pop("decoder"), "decoder: missing"),
         (lambda d: d.update(max_new_tokens="64"), "max_new_tokens: expected int, got str"),
         (lambda d: d["graphs"].pop("encoder"), "graphs.encoder: missing"),
-        (lambda d: d["graphs"]["encoder"].update(file="../encoder.onnx"), "must be a plain file name inside the bundle"),
-        (lambda d: d["decoder"].update(tokens_input="nope"), "decoder.tokens_input 'nope' is not an input of decoder_step"),
+        (
+            lambda d: d["graphs"]["encoder"].update(file="../encoder.onnx"),
+            "must be a plain file name inside the bundle",
+        ),
+        (
+            lambda d: d["decoder"].update(tokens_input="nope"),
+            "decoder.tokens_input 'nope' is not an input of decoder_step",
+        ),
         (lambda d: d["decoder"]["states"][0]["init"].update({"from": "zzz"}), "init.from 'zzz' is not an output"),
         (lambda d: d["special_tokens"].update(eos=999), "special_tokens.eos = 999 is outside the target vocabulary"),
         (lambda d: d["graphs"]["encoder"]["inputs"][0].update(dtype="complex"), "'complex' is not one of float32"),
@@ -86,7 +94,9 @@ def test_modified_graph_is_refused_by_name(bundle_copy):
 
 def test_missing_and_truncated_graphs(bundle_copy):
     (bundle_copy / "attention.onnx").unlink()
-    with pytest.raises(BundleError, match=r"attention\.onnx: missing \(listed in the manifest as graphs\.attention\.file\)"):
+    with pytest.raises(
+        BundleError, match=r"attention\.onnx: missing \(listed in the manifest as graphs\.attention\.file\)"
+    ):
         load_bundle(bundle_copy)
     enc = bundle_copy / "encoder.onnx"
     enc.write_bytes(enc.read_bytes()[:100])

@@ -51,18 +51,23 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None]) -> float:
     started = time.perf_counter()
     train_pairs, test_pairs = demo_split(o.train_pairs, o.held_out)
     sv, tv = Vocab.build(s for s, _ in train_pairs), Vocab.build(t for _, t in train_pairs)
-    echo(f"[1/5] data: {len(train_pairs)} training pairs, {len(test_pairs)} held out (never seen in training), "
-         f"e.g. {test_pairs[0][0]!r} -> {test_pairs[0][1]!r}")
+    echo(
+        f"[1/5] data: {len(train_pairs)} training pairs, {len(test_pairs)} held out (never seen in training), "
+        f"e.g. {test_pairs[0][0]!r} -> {test_pairs[0][1]!r}"
+    )
 
-    cfg = RNNConfig(len(sv), len(tv), cell=o.cell, attention=o.attention, bidirectional=True,
-                    hidden=128, emb_dim=32, attn_dim=64)
+    cfg = RNNConfig(
+        len(sv), len(tv), cell=o.cell, attention=o.attention, bidirectional=True, hidden=128, emb_dim=32, attn_dim=64
+    )
     model = RNNSeq2Seq(cfg)
     echo(f"[2/5] training {o.steps} steps on {o.threads} CPU threads ...")
     t = time.perf_counter()
     losses = train(model, encode_pairs(train_pairs, sv, tv), tv, TrainOptions(steps=o.steps))
-    echo(f"      trained a bidirectional {o.cell.upper()} + {o.attention} attention model "
-         f"({sum(p.numel() for p in model.parameters()):,} parameters) for {len(losses)} steps "
-         f"in {time.perf_counter() - t:.1f} s, final loss {losses[-1]:.4f}")
+    echo(
+        f"      trained a bidirectional {o.cell.upper()} + {o.attention} attention model "
+        f"({sum(p.numel() for p in model.parameters()):,} parameters) for {len(losses)} steps "
+        f"in {time.perf_counter() - t:.1f} s, final loss {losses[-1]:.4f}"
+    )
 
     sources = [sv.encode(s) for s, _ in test_pairs]
     decoding = DecodingOptions(max_new_tokens=16)
@@ -74,14 +79,20 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None]) -> float:
 
     checkpoint = save_checkpoint(out / "dates.safetensors", model, sv, tv, task="dates", steps=len(losses))
     bundle, report = export_model(
-        model, out / "bundle", source_vocab=sv, target_vocab=tv,
-        options=ExportOptions(max_new_tokens=16), parity_sources=sources[:24],
+        model,
+        out / "bundle",
+        source_vocab=sv,
+        target_vocab=tv,
+        options=ExportOptions(max_new_tokens=16),
+        parity_sources=sources[:24],
         made_from={"checkpoint": checkpoint.name},
     )
     worst = max(c.max_abs for c in report.outputs)
     files = ", ".join(sorted(p.name for p in bundle.iterdir()))
-    echo(f"[4/5] exported {bundle} ({files}); parity with PyTorch: PASS, max abs error {worst:.1e}, "
-         f"{report.sequences[0].exact}/{report.sequences[0].sources} greedy sequences identical")
+    echo(
+        f"[4/5] exported {bundle} ({files}); parity with PyTorch: PASS, max abs error {worst:.1e}, "
+        f"{report.sequences[0].exact}/{report.sequences[0].sources} greedy sequences identical"
+    )
 
     gen = Generator(bundle, threads=o.threads)
     t = time.perf_counter()
@@ -90,9 +101,11 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None]) -> float:
     runtime_out = [r.text for r in results]
     acc = _exact(runtime_out, test_pairs)
     tokens = sum(len(r.tokens) + 1 for r in results)
-    echo(f"[5/5] ONNX Runtime greedy on the held-out set: exact match {acc:.1%}, same output as PyTorch for "
-         f"{sum(a == b for a, b in zip(runtime_out, torch_out))}/{len(test_pairs)}; "
-         f"{len(test_pairs)} sentences in {seconds:.2f} s ({tokens / seconds:,.0f} tokens/s, one batch)")
+    echo(
+        f"[5/5] ONNX Runtime greedy on the held-out set: exact match {acc:.1%}, same output as PyTorch for "
+        f"{sum(a == b for a, b in zip(runtime_out, torch_out))}/{len(test_pairs)}; "
+        f"{len(test_pairs)} sentences in {seconds:.2f} s ({tokens / seconds:,.0f} tokens/s, one batch)"
+    )
     echo("")
     echo(f"{'source':<36} {'output':<12} {'reference':<12} {'':2} {'ms':>6}")
     for src, ref in test_pairs[: o.examples]:

@@ -47,8 +47,13 @@ def make_batch(examples: Sequence[tuple[list[int], list[int]]], tv: Vocab) -> tu
     return tuple(torch.from_numpy(a) for a in (src_ids, src_mask, dec_in, labels))
 
 
-def train(model: nn.Module, data: Sequence[tuple[list[int], list[int]]], tv: Vocab,
-          options: TrainOptions = TrainOptions(), show_progress: bool = True) -> list[float]:
+def train(
+    model: nn.Module,
+    data: Sequence[tuple[list[int], list[int]]],
+    tv: Vocab,
+    options: TrainOptions = TrainOptions(),
+    show_progress: bool = True,
+) -> list[float]:
     """Train `model(src_ids, src_mask, dec_in) -> (B, T, V) logits` on encoded pairs; returns the losses."""
     rng = random.Random(options.seed)
     torch.manual_seed(options.seed)

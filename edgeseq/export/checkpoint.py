@@ -36,8 +36,10 @@ def family_of(model: nn.Module) -> str:
     for name, (_, cls) in FAMILIES.items():
         if isinstance(model, cls):
             return name
-    raise CheckpointError(f"cannot save a {type(model).__name__}: supported models are "
-                          + ", ".join(cls.__name__ for _, cls in FAMILIES.values()))
+    raise CheckpointError(
+        f"cannot save a {type(model).__name__}: supported models are "
+        + ", ".join(cls.__name__ for _, cls in FAMILIES.values())
+    )
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, source_vocab: Vocab, target_vocab: Vocab, **info: Any) -> Path:
@@ -73,7 +75,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             "(pickled torch.save files are refused: loading them can run arbitrary code)"
         ) from None
     if meta_text is None:
-        raise CheckpointError(f"{path}: a safetensors file without edgeseq metadata; save it with edgeseq.export.save_checkpoint")
+        raise CheckpointError(
+            f"{path}: a safetensors file without edgeseq metadata; save it with edgeseq.export.save_checkpoint"
+        )
     try:
         meta = json.loads(meta_text)
         family = meta["family"]
@@ -84,8 +88,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except EdgeseqError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: malformed edgeseq metadata ({type(e).__name__}: {e}); "
-                              f"known families: {', '.join(FAMILIES)}") from None
+        raise CheckpointError(
+            f"{path}: malformed edgeseq metadata ({type(e).__name__}: {e}); known families: {', '.join(FAMILIES)}"
+        ) from None
     model = model_cls(cfg)
     try:
         model.load_state_dict(tensors, strict=True)

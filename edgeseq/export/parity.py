@@ -82,7 +82,9 @@ class ParityReport:
         for s in self.sequences:
             div = [d for d in s.first_divergence if d is not None]
             where = f"at token {min(div)}" if div else "-"
-            lines.append(f"{s.name:<32}{f'{s.exact}/{s.sources}':>6} {s.exact_match:>6.1%}  {where}  {'ok' if s.ok else 'FAIL'}")
+            lines.append(
+                f"{s.name:<32}{f'{s.exact}/{s.sources}':>6} {s.exact_match:>6.1%}  {where}  {'ok' if s.ok else 'FAIL'}"
+            )
         lines.append("")
         lines.append("PASS" if self.ok else "FAIL: " + "; ".join(self.failures()))
         return "\n".join(lines)
@@ -98,8 +100,9 @@ def compare_output(graph: str, name: str, got: np.ndarray, ref: np.ndarray, t: T
     return OutputCheck(graph, name, max_abs, max_abs / max(scale, 1e-12), ok)
 
 
-def check_graphs(ref: TorchBackend, got: OrtBackend, sources: Sequence[Sequence[int]], t: Thresholds,
-                 steps: int = 4) -> list[OutputCheck]:
+def check_graphs(
+    ref: TorchBackend, got: OrtBackend, sources: Sequence[Sequence[int]], t: Thresholds, steps: int = 4
+) -> list[OutputCheck]:
     """Each graph on both backends with identical inputs; the step graph at `steps` teacher-forced steps."""
     spec = ref.adapter.decoder_spec()
     src_ids, src_mask = pad_batch(sources, ref.special_tokens["pad"])
@@ -131,8 +134,9 @@ def check_graphs(ref: TorchBackend, got: OrtBackend, sources: Sequence[Sequence[
     return list(worst.values())
 
 
-def check_sequences(ref: TorchBackend, got: OrtBackend, sources: Sequence[Sequence[int]], t: Thresholds,
-                    options: DecodingOptions) -> list[SequenceCheck]:
+def check_sequences(
+    ref: TorchBackend, got: OrtBackend, sources: Sequence[Sequence[int]], t: Thresholds, options: DecodingOptions
+) -> list[SequenceCheck]:
     """Greedy tokens: runtime vs PyTorch (alone and batched), and runtime batched vs runtime alone."""
     spec = ref.adapter.decoder_spec()
 
@@ -163,8 +167,9 @@ def _first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def sample_sources(vocab_size: int, count: int = 8, max_len: int = 12, seed: int = 0, eos: int = 2,
-                   first_regular: int = 4) -> list[list[int]]:
+def sample_sources(
+    vocab_size: int, count: int = 8, max_len: int = 12, seed: int = 0, eos: int = 2, first_regular: int = 4
+) -> list[list[int]]:
     """Random source id lists of mixed lengths (regular tokens, then </s>) for models without data."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, max_len, size=count)
@@ -172,8 +177,13 @@ def sample_sources(vocab_size: int, count: int = 8, max_len: int = 12, seed: int
     return [[*map(int, rng.integers(first_regular, vocab_size, size=n)), eos] for n in lengths]
 
 
-def check_parity(ref: TorchBackend, got: OrtBackend, sources: Sequence[Sequence[int]],
-                 thresholds: Thresholds = Thresholds(), options: DecodingOptions | None = None) -> ParityReport:
+def check_parity(
+    ref: TorchBackend,
+    got: OrtBackend,
+    sources: Sequence[Sequence[int]],
+    thresholds: Thresholds = Thresholds(),
+    options: DecodingOptions | None = None,
+) -> ParityReport:
     """The full report: graph outputs and greedy sequences of `sources` (source id lists ending in </s>)."""
     options = options or DecodingOptions()
     report = ParityReport(thresholds)

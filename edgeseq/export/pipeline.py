@@ -74,10 +74,17 @@ def adapter_for(model: nn.Module) -> Seq2SeqAdapter:
     )
 
 
-def export_model(model: nn.Module, out_dir: str | Path, *, source_vocab: Vocab, target_vocab: Vocab,
-                 options: ExportOptions = ExportOptions(), parity_sources: Sequence[Sequence[int]] | None = None,
-                 made_from: dict[str, Any] | None = None,
-                 progress: Callable[[str], None] = lambda msg: None) -> tuple[Path, ParityReport | None]:
+def export_model(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    source_vocab: Vocab,
+    target_vocab: Vocab,
+    options: ExportOptions = ExportOptions(),
+    parity_sources: Sequence[Sequence[int]] | None = None,
+    made_from: dict[str, Any] | None = None,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> tuple[Path, ParityReport | None]:
     """Export `model` to a bundle at `out_dir`; returns the path and the parity report.
 
     `parity_sources` are source id lists (each ending in </s>) to check decoding on; random ones are
@@ -106,8 +113,9 @@ def export_model(model: nn.Module, out_dir: str | Path, *, source_vocab: Vocab, 
             progress("checking parity against PyTorch")
             sources = parity_sources or sample_sources(len(source_vocab), seed=0)
             backend = OrtBackend(load_bundle(tmp))
-            report = check_parity(reference, backend, sources, options.thresholds,
-                                  DecodingOptions(max_new_tokens=options.max_new_tokens))
+            report = check_parity(
+                reference, backend, sources, options.thresholds, DecodingOptions(max_new_tokens=options.max_new_tokens)
+            )
             manifest.parity.update(reference="pytorch", **report.to_json())
             manifest.save(tmp)
             if not report.ok:
@@ -121,9 +129,13 @@ def export_model(model: nn.Module, out_dir: str | Path, *, source_vocab: Vocab, 
 def _check_vocab_sizes(adapter: Seq2SeqAdapter, specs, source_vocab: Vocab, target_vocab: Vocab) -> None:
     logits = specs["decoder_step"].output(adapter.decoder_spec().logits_output)
     if len(target_vocab) != logits.shape[-1]:
-        raise OptionsError(f"target vocabulary has {len(target_vocab)} tokens but the model predicts {logits.shape[-1]}")
+        raise OptionsError(
+            f"target vocabulary has {len(target_vocab)} tokens but the model predicts {logits.shape[-1]}"
+        )
     if len(source_vocab) != adapter.source_vocab_size:
-        raise OptionsError(f"source vocabulary has {len(source_vocab)} tokens but the model embeds {adapter.source_vocab_size}")
+        raise OptionsError(
+            f"source vocabulary has {len(source_vocab)} tokens but the model embeds {adapter.source_vocab_size}"
+        )
 
 
 def _example_feeds(reference: TorchBackend, source_vocab: Vocab) -> dict[str, dict[str, torch.Tensor]]:
@@ -131,21 +143,37 @@ def _example_feeds(reference: TorchBackend, source_vocab: Vocab) -> dict[str, di
     from edgeseq.runtime.batching import pad_batch
 
     spec = reference.adapter.decoder_spec()
-    src_ids, src_mask = pad_batch(sample_sources(len(source_vocab), count=2, max_len=7, seed=1), reference.special_tokens["pad"])
+    src_ids, src_mask = pad_batch(
+        sample_sources(len(source_vocab), count=2, max_len=7, seed=1), reference.special_tokens["pad"]
+    )
     state = initial_state(reference, src_ids, src_mask, spec)
-    step = {**state.context, **state.states,
-            spec.tokens_input: np.full(2, reference.special_tokens["decoder_start"], dtype=np.int64)}
+    step = {
+        **state.context,
+        **state.states,
+        spec.tokens_input: np.full(2, reference.special_tokens["decoder_start"], dtype=np.int64),
+    }
     if spec.step_input:
         step[spec.step_input] = np.array(0, dtype=np.int64)
     pools = {"encoder": state.context, "attention": state.context, "decoder_step": step}
-    return {g: {t.name: torch.from_numpy(np.ascontiguousarray(pools[g][t.name])) for t in s.inputs}
-            for g, s in reference.graphs.items()}
+    return {
+        g: {t.name: torch.from_numpy(np.ascontiguousarray(pools[g][t.name])) for t in s.inputs}
+        for g, s in reference.graphs.items()
+    }
 
 
-def _manifest(adapter: Seq2SeqAdapter, specs, bundle: Path, source_vocab: Vocab, target_vocab: Vocab,
-              options: ExportOptions, made_from: dict[str, Any]) -> Manifest:
-    graphs = {name: type(spec)(spec.file, spec.inputs, spec.outputs, file_sha256(bundle / spec.file))
-              for name, spec in specs.items()}
+def _manifest(
+    adapter: Seq2SeqAdapter,
+    specs,
+    bundle: Path,
+    source_vocab: Vocab,
+    target_vocab: Vocab,
+    options: ExportOptions,
+    made_from: dict[str, Any],
+) -> Manifest:
+    graphs = {
+        name: type(spec)(spec.file, spec.inputs, spec.outputs, file_sha256(bundle / spec.file))
+        for name, spec in specs.items()
+    }
     max_src = options.max_source_length or adapter.max_source_length
     special = {**adapter.special_tokens(), "unk": target_vocab.unk_id}
     return Manifest(
@@ -155,8 +183,12 @@ def _manifest(adapter: Seq2SeqAdapter, specs, bundle: Path, source_vocab: Vocab,
         special_tokens=special,
         source_vocab_size=len(source_vocab),
         target_vocab_size=len(target_vocab),
-        tokenizer={"type": "vocab", "source": "source_vocab.json", "target": "target_vocab.json",
-                   "level": source_vocab.level},
+        tokenizer={
+            "type": "vocab",
+            "source": "source_vocab.json",
+            "target": "target_vocab.json",
+            "level": source_vocab.level,
+        },
         max_source_length=max_src,
         max_new_tokens=options.max_new_tokens,
         provenance={

@@ -15,7 +15,7 @@ from edgeseq.bundle import DecoderSpec, GraphSpec, StateSpec, TensorSpec
 from edgeseq.export.adapter import Seq2SeqAdapter
 from edgeseq.models.rnn import RNNSeq2Seq
 
-F, I = "float32", "int64"
+FLOAT, INT = "float32", "int64"
 
 
 class RNNAdapter(Seq2SeqAdapter):
@@ -38,24 +38,28 @@ class RNNAdapter(Seq2SeqAdapter):
 
     def graph_specs(self) -> dict[str, GraphSpec]:
         c = self.cfg
-        src = (TensorSpec("src_ids", I, ("batch", "src_len")), TensorSpec("src_mask", I, ("batch", "src_len")))
-        memory = TensorSpec("memory", F, ("batch", "src_len", c.hidden))
-        init = tuple(TensorSpec(f"init_{n}", F, (c.layers, "batch", c.hidden)) for n in ("h", "c")[: 2 if c.cell == "lstm" else 1])
+        src = (TensorSpec("src_ids", INT, ("batch", "src_len")), TensorSpec("src_mask", INT, ("batch", "src_len")))
+        memory = TensorSpec("memory", FLOAT, ("batch", "src_len", c.hidden))
+        init = tuple(
+            TensorSpec(f"init_{n}", FLOAT, (c.layers, "batch", c.hidden))
+            for n in ("h", "c")[: 2 if c.cell == "lstm" else 1]
+        )
         specs = {"encoder": GraphSpec("encoder.onnx", src, (memory, *init))}
-        keys = TensorSpec("attn_keys", F, ("batch", "src_len", c.attn_dim if c.attention == "bahdanau" else c.hidden))
+        key_dim = c.attn_dim if c.attention == "bahdanau" else c.hidden
+        keys = TensorSpec("attn_keys", FLOAT, ("batch", "src_len", key_dim))
         if self.has_keys:
             specs["attention"] = GraphSpec("attention.onnx", (memory,), (keys,))
         states_in, states_out = [], []
         for n in self.state_names:
             shape = ("batch", c.hidden) if n == "feed" else (c.layers, "batch", c.hidden)
-            states_in.append(TensorSpec(n, F, shape))
-            states_out.append(TensorSpec(f"{n}_out", F, shape))
-        step_in = [TensorSpec("prev_tokens", I, ("batch",)), *states_in]
-        step_out = [TensorSpec("logits", F, ("batch", c.tgt_vocab_size)), *states_out]
+            states_in.append(TensorSpec(n, FLOAT, shape))
+            states_out.append(TensorSpec(f"{n}_out", FLOAT, shape))
+        step_in = [TensorSpec("prev_tokens", INT, ("batch",)), *states_in]
+        step_out = [TensorSpec("logits", FLOAT, ("batch", c.tgt_vocab_size)), *states_out]
         if c.attention != "none":
             step_in += [keys] if self.has_keys else []
             step_in += [memory, src[1]]
-            step_out.append(TensorSpec("attn_weights", F, ("batch", "src_len")))
+            step_out.append(TensorSpec("attn_weights", FLOAT, ("batch", "src_len")))
         specs["decoder_step"] = GraphSpec("decoder_step.onnx", tuple(step_in), tuple(step_out))
         return specs
 

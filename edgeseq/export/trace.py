@@ -16,8 +16,11 @@ from edgeseq.errors import EdgeseqError
 from edgeseq.export.adapter import GraphModule, Seq2SeqAdapter
 
 _ONNX_DTYPES = {
-    "float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "int64": onnx.TensorProto.INT64,
-    "int32": onnx.TensorProto.INT32, "bool": onnx.TensorProto.BOOL,
+    "float32": onnx.TensorProto.FLOAT,
+    "float16": onnx.TensorProto.FLOAT16,
+    "int64": onnx.TensorProto.INT64,
+    "int32": onnx.TensorProto.INT32,
+    "bool": onnx.TensorProto.BOOL,
 }
 
 
@@ -25,8 +28,9 @@ class ExportError(EdgeseqError):
     """A model that cannot be exported as declared (its graph does not match its I/O table)."""
 
 
-def trace_graph(adapter: Seq2SeqAdapter, graph: str, spec: GraphSpec, feeds: dict[str, torch.Tensor],
-                path: Path, opset: int) -> onnx.ModelProto:
+def trace_graph(
+    adapter: Seq2SeqAdapter, graph: str, spec: GraphSpec, feeds: dict[str, torch.Tensor], path: Path, opset: int
+) -> onnx.ModelProto:
     """Trace `adapter.<graph>` on example `feeds` into `path`; check names, set shapes, run onnx.checker."""
     module = GraphModule(adapter, graph, spec).eval()
     args = tuple(feeds[t.name] for t in spec.inputs)
@@ -36,8 +40,14 @@ def trace_graph(adapter: Seq2SeqAdapter, graph: str, spec: GraphSpec, feeds: dic
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                module, args, str(path), input_names=names_in, output_names=names_out,
-                dynamic_axes={k: v for k, v in dynamic.items() if v}, opset_version=opset, dynamo=False,
+                module,
+                args,
+                str(path),
+                input_names=names_in,
+                output_names=names_out,
+                dynamic_axes={k: v for k, v in dynamic.items() if v},
+                opset_version=opset,
+                dynamo=False,
             )
         except Exception as e:
             raise ExportError(f"{graph}: torch.onnx.export failed: {e}\n{log.read_text()}") from e
@@ -61,7 +71,9 @@ def trace_graph(adapter: Seq2SeqAdapter, graph: str, spec: GraphSpec, feeds: dic
 def _set_type(value: onnx.ValueInfoProto, t: TensorSpec) -> None:
     tt = value.type.tensor_type
     if tt.elem_type != _ONNX_DTYPES[t.dtype]:
-        raise ExportError(f"{t.name}: traced dtype {onnx.TensorProto.DataType.Name(tt.elem_type)} but declared {t.dtype}")
+        raise ExportError(
+            f"{t.name}: traced dtype {onnx.TensorProto.DataType.Name(tt.elem_type)} but declared {t.dtype}"
+        )
     tt.shape.Clear()
     for d in t.shape:
         dim = tt.shape.dim.add()

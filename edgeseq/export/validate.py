@@ -15,9 +15,13 @@ from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.options import DecodingOptions
 
 
-
-def validate_bundle(bundle_dir: str | Path, checkpoint: str | Path, texts: Sequence[str] | None = None,
-                    thresholds: Thresholds = Thresholds(), count: int = 16) -> ParityReport:
+def validate_bundle(
+    bundle_dir: str | Path,
+    checkpoint: str | Path,
+    texts: Sequence[str] | None = None,
+    thresholds: Thresholds = Thresholds(),
+    count: int = 16,
+) -> ParityReport:
     """Graph and greedy-sequence parity of a bundle against a checkpoint, on `texts` or random sources."""
     bundle = load_bundle(bundle_dir)
     ckpt = load_checkpoint(checkpoint)
@@ -25,8 +29,10 @@ def validate_bundle(bundle_dir: str | Path, checkpoint: str | Path, texts: Seque
     m = bundle.manifest
     specs = adapter.graph_specs()
     if adapter.family != m.family or set(specs) != set(m.graphs):
-        raise BundleError(f"{checkpoint} is a {adapter.family} model with graphs {sorted(specs)}, "
-                          f"but {bundle_dir} is a {m.family} bundle with graphs {sorted(m.graphs)}")
+        raise BundleError(
+            f"{checkpoint} is a {adapter.family} model with graphs {sorted(specs)}, "
+            f"but {bundle_dir} is a {m.family} bundle with graphs {sorted(m.graphs)}"
+        )
     for name, spec in specs.items():
         if spec.inputs != m.graphs[name].inputs or spec.outputs != m.graphs[name].outputs:
             raise BundleError(f"{checkpoint} does not match {bundle_dir}: graph {name} has different inputs/outputs")
@@ -36,5 +42,6 @@ def validate_bundle(bundle_dir: str | Path, checkpoint: str | Path, texts: Seque
         sources = [bundle.source_vocab.encode(t) for t in texts]
     else:
         sources = sample_sources(m.source_vocab_size, count=count, seed=1234)
-    return check_parity(TorchBackend(adapter), OrtBackend(bundle), sources, thresholds,
-                        DecodingOptions(max_new_tokens=m.max_new_tokens))
+    return check_parity(
+        TorchBackend(adapter), OrtBackend(bundle), sources, thresholds, DecodingOptions(max_new_tokens=m.max_new_tokens)
+    )

@@ -54,8 +54,13 @@ class Translation:
 class Generator:
     """Decodes with a bundle: `Generator("bundle/").generate(["Tuesday, 24 November 2026"])`."""
 
-    def __init__(self, bundle: Bundle | str | Path, provider: str = "cpu", threads: int | None = None,
-                 options: DecodingOptions | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle | str | Path,
+        provider: str = "cpu",
+        threads: int | None = None,
+        options: DecodingOptions | None = None,
+    ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = OrtBackend(self.bundle, provider, threads)
         m = self.bundle.manifest
@@ -75,7 +80,9 @@ class Generator:
         vocab = self.bundle.target_vocab
         return [Translation(vocab.decode(h[0].tokens), h[0].tokens, h[0].score, tuple(h)) for h in results]
 
-    def generate_ids(self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
+    def generate_ids(
+        self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None
+    ) -> list[list[Hypothesis]]:
         """Decode source id lists (each ending in </s>); per source, its hypotheses best first."""
         m = self.bundle.manifest
         for i, src in enumerate(sources):

@@ -59,7 +59,9 @@ def _init(s: StateSpec, context: dict[str, np.ndarray], batch: int) -> np.ndarra
     return np.zeros(shape, dtype=s.dtype)
 
 
-def decode(backend: Backend, spec, sources: Sequence[Sequence[int]], options: DecodingOptions) -> list[list[Hypothesis]]:
+def decode(
+    backend: Backend, spec, sources: Sequence[Sequence[int]], options: DecodingOptions
+) -> list[list[Hypothesis]]:
     """Decode a batch of source id lists; returns, per source in input order, its hypotheses best first.
 
     `spec` is the bundle's DecoderSpec: which step inputs are the tokens, the step index and the states.

@@ -26,7 +26,9 @@ class DecodingOptions:
             if self.min_new_tokens < 0:
                 problems.append(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
             if self.min_new_tokens > self.max_new_tokens:
-                problems.append(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
+                problems.append(
+                    f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"
+                )
         if problems:
             raise OptionsError("invalid decoding options: " + "; ".join(problems))
 

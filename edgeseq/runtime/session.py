@@ -11,8 +11,11 @@ from edgeseq.runtime.bundle import Bundle
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _ORT_DTYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-    "tensor(int32)": "int32", "tensor(bool)": "bool",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
 }
 
 
@@ -53,22 +56,28 @@ class GraphSession:
 
 def check_io(name: str, spec: GraphSpec, session: ort.InferenceSession) -> None:
     """Refuse a graph whose real inputs/outputs differ from the manifest, naming the first difference."""
-    for kind, declared, actual in (("input", spec.inputs, session.get_inputs()),
-                                   ("output", spec.outputs, session.get_outputs())):
+    for kind, declared, actual in (
+        ("input", spec.inputs, session.get_inputs()),
+        ("output", spec.outputs, session.get_outputs()),
+    ):
         want = {t.name: t for t in declared}
         got = {a.name: a for a in actual}
         if set(want) != set(got):
             raise BundleError(
-                f"{spec.file}: graph {kind}s {sorted(got)} do not match the manifest's graphs.{name}.{kind}s {sorted(want)}"
+                f"{spec.file}: graph {kind}s {sorted(got)} do not match "
+                f"the manifest's graphs.{name}.{kind}s {sorted(want)}"
             )
         for t in declared:
             a = got[t.name]
             dtype = _ORT_DTYPES.get(a.type, a.type)
             if dtype != t.dtype:
-                raise BundleError(f"{spec.file}: {kind} {t.name!r} is {dtype} in the graph but {t.dtype} in the manifest")
+                raise BundleError(
+                    f"{spec.file}: {kind} {t.name!r} is {dtype} in the graph but {t.dtype} in the manifest"
+                )
             if len(a.shape) != len(t.shape) or any(
                 isinstance(d, int) and isinstance(g, int) and d != g for d, g in zip(t.shape, a.shape)
             ):
                 raise BundleError(
-                    f"{spec.file}: {kind} {t.name!r} has shape {list(a.shape)} in the graph but {list(t.shape)} in the manifest"
+                    f"{spec.file}: {kind} {t.name!r} has shape {list(a.shape)} in the graph "
+                    f"but {list(t.shape)} in the manifest"
                 )
