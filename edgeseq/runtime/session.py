@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from importlib import metadata
+
 import numpy as np
 import onnxruntime as ort
 
@@ -21,6 +24,7 @@ _ORT_DTYPES = {
 
 def resolve_providers(provider: str) -> list[str]:
     """'cpu' | 'cuda' | 'auto' -> ONNX Runtime provider list; a provider that cannot load is an error."""
+    _warn_if_both_builds()
     available = ort.get_available_providers()
     if provider == "auto":
         return [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
@@ -32,6 +36,23 @@ def resolve_providers(provider: str) -> list[str]:
             "for CUDA install edgeseq[gpu] (onnxruntime-gpu) instead of onnxruntime"
         )
     return [PROVIDERS[provider]] + ([PROVIDERS["cpu"]] if provider != "cpu" else [])
+
+
+def _warn_if_both_builds() -> None:
+    installed = set()
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            installed.add(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if len(installed) == 2:
+        warnings.warn(
+            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; keep one: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (or onnxruntime)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class GraphSession:
