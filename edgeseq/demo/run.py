@@ -42,12 +42,12 @@ def run_demo(out: Path | None, options: DemoOptions = DemoOptions(), echo: Calla
     torch.set_num_threads(options.threads)
     if out is None:
         with tempfile.TemporaryDirectory(prefix="edgeseq-demo-") as tmp:
-            return _run(Path(tmp), options, echo)
+            return _run(Path(tmp), options, echo, keep=False)
     out.mkdir(parents=True)
-    return _run(out, options, echo)
+    return _run(out, options, echo, keep=True)
 
 
-def _run(out: Path, o: DemoOptions, echo: Callable[[str], None]) -> float:
+def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> float:
     started = time.perf_counter()
     train_pairs, test_pairs = demo_split(o.train_pairs, o.held_out)
     sv, tv = Vocab.build(s for s, _ in train_pairs), Vocab.build(t for _, t in train_pairs)
@@ -114,7 +114,8 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None]) -> float:
         ms = (time.perf_counter() - t) * 1000
         echo(f"{src:<36} {text:<12} {ref:<12} {'ok' if text == ref else 'XX':2} {ms:>6.1f}")
     echo("")
-    echo(f"done in {time.perf_counter() - started:.0f} s; checkpoint {checkpoint.name} and bundle in {out}")
+    where = f"checkpoint {checkpoint.name} and bundle are in {out}" if keep else "pass --out DIR to keep the bundle"
+    echo(f"done in {time.perf_counter() - started:.0f} s; {where}")
     if acc < TARGET_EXACT_MATCH:
         raise EdgeseqError(f"held-out exact match {acc:.1%} is below the demo's target {TARGET_EXACT_MATCH:.0%}")
     return acc
