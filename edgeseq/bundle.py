@@ -113,7 +113,9 @@ class Manifest:
     target_vocab_size: int
     tokenizer: dict[str, Any]  # {"type": "vocab", "source": file, "target": file}
     max_source_length: int
-    max_new_tokens: int
+    max_new_tokens: int  # the default generation limit
+    max_target_length: int | None = None  # most tokens the decoder can take (positions); None: no limit
+    files: dict[str, str] = field(default_factory=dict)  # other files of the bundle (weights, vocab) -> sha256
     provenance: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -131,6 +133,8 @@ class Manifest:
             "tokenizer": dict(self.tokenizer),
             "max_source_length": self.max_source_length,
             "max_new_tokens": self.max_new_tokens,
+            "max_target_length": self.max_target_length,
+            "files": dict(self.files),
             "provenance": self.provenance,
             "parity": self.parity,
         }
@@ -214,6 +218,8 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         tokenizer=r.get(data, "tokenizer", dict, {}),
         max_source_length=r.get(data, "max_source_length", int, 0),
         max_new_tokens=r.get(data, "max_new_tokens", int, 0),
+        max_target_length=r.get(data, "max_target_length", (int, type(None)), None),
+        files=_files(r, r.get(data, "files", (dict, type(None)), None) or {}),
         provenance=r.get(data, "provenance", dict, {}),
         parity=r.get(data, "parity", dict, {}),
     )
@@ -277,6 +283,25 @@ class _Reader:
             raise BundleError(f"{self.where}: invalid manifest: " + "; ".join(self.problems))
 
 
+def _plain_name(name: str) -> bool:
+    return (
+        bool(name)
+        and not Path(name).is_absolute()
+        and ".." not in Path(name).parts
+        and "/" not in name
+        and "\\" not in name
+    )
+
+
+def _files(r: _Reader, files: dict, key: str = "files") -> dict[str, str]:
+    for name, digest in files.items():
+        if not _plain_name(name):
+            r.problem(f"{key}.{name}", "must be a plain file name inside the bundle")
+        if not isinstance(digest, str):
+            r.problem(f"{key}.{name}", "expected a sha256 hex string")
+    return dict(files)
+
+
 def _tensor(r: _Reader, t: Any, key: str) -> TensorSpec:
     if not isinstance(t, dict):
         r.problem(key, "expected an object with name, dtype, shape")
@@ -296,7 +321,7 @@ def _graph(r: _Reader, g: Any, key: str) -> GraphSpec:
         r.problem(key, "expected an object")
         return GraphSpec("", (), ())
     file = r.get(g, "file", str, "", key + ".")
-    if file and (Path(file).is_absolute() or ".." in Path(file).parts or "/" in file or "\\" in file):
+    if file and not _plain_name(file):
         r.problem(key + ".file", f"{file!r} must be a plain file name inside the bundle")
     inputs = tuple(_tensor(r, t, f"{key}.inputs[{i}]") for i, t in enumerate(r.get(g, "inputs", list, [], key + ".")))
     outputs = tuple(

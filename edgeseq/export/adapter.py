@@ -14,7 +14,8 @@ implement five things:
   and returns a dict of its outputs by name. Any step input that is neither the tokens, the step index
   nor a state is looked up by name among ``src_ids``, ``src_mask`` and the encoder and attention outputs.
 - ``special_tokens()``: ``pad``, ``bos``, ``eos``, ``decoder_start`` ids of the target vocabulary.
-- ``source_vocab_size`` and ``max_source_length`` attributes.
+- ``source_vocab_size`` and ``max_source_length`` attributes (``max_target_length`` where positions limit
+  the number of generated tokens).
 
 Everything must be traceable by ``torch.onnx.export``: plain tensor code, no data-dependent Python
 control flow on tensor values.
@@ -35,6 +36,7 @@ class Seq2SeqAdapter(nn.Module):
     family = "custom"
     source_vocab_size: int
     max_source_length: int = 1024
+    max_target_length: int | None = None  # most tokens the decoder can position (None: no limit)
 
     def graph_specs(self) -> dict[str, GraphSpec]:
         raise NotImplementedError

@@ -16,10 +16,14 @@ from torch import nn
 
 from edgeseq.errors import CheckpointError, EdgeseqError
 from edgeseq.models.rnn import RNNConfig, RNNSeq2Seq
+from edgeseq.models.transformer import TransformerConfig, TransformerSeq2Seq
 from edgeseq.vocab import Vocab
 
 CHECKPOINT_VERSION = 1
-FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {"rnn": (RNNConfig, RNNSeq2Seq)}
+FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
+    "rnn": (RNNConfig, RNNSeq2Seq),
+    "transformer": (TransformerConfig, TransformerSeq2Seq),
+}
 
 
 @dataclass

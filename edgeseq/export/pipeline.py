@@ -31,14 +31,21 @@ from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
 from edgeseq.export.parity import ParityReport, Thresholds, check_parity, sample_sources
 from edgeseq.export.rnn import RNNAdapter
 from edgeseq.export.trace import trace_graph
+from edgeseq.export.transformer import TransformerAdapter
+from edgeseq.export.weights import WEIGHTS_FILE, share_weights
 from edgeseq.models.rnn import RNNSeq2Seq
+from edgeseq.models.transformer import TransformerSeq2Seq
+from edgeseq.runtime.batching import pad_batch
 from edgeseq.runtime.bundle import load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.loop import initial_state
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.vocab import Vocab
 
-ADAPTERS: dict[type[nn.Module], Callable[[Any], Seq2SeqAdapter]] = {RNNSeq2Seq: RNNAdapter}
+ADAPTERS: dict[type[nn.Module], Callable[[Any], Seq2SeqAdapter]] = {
+    RNNSeq2Seq: RNNAdapter,
+    TransformerSeq2Seq: TransformerAdapter,
+}
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,10 @@ def export_model(
     if out.exists() and not options.force:
         raise OptionsError(f"{out} already exists: choose another --out, or pass --force to replace it")
     adapter = adapter_for(model).eval()
+    if adapter.max_target_length and options.max_new_tokens > adapter.max_target_length:
+        raise OptionsError(
+            f"max_new_tokens {options.max_new_tokens} exceeds the model's {adapter.max_target_length} target positions"
+        )
     specs = adapter.graph_specs()
     _check_vocab_sizes(adapter, specs, source_vocab, target_vocab)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +115,12 @@ def export_model(
         for name, spec in specs.items():
             progress(f"tracing {name}")
             trace_graph(adapter, name, spec, feeds[name], tmp / spec.file, options.opset)
+        progress("sharing weights between graphs")
+        sharing = share_weights(tmp, [spec.file for spec in specs.values()])
         source_vocab.save(tmp / "source_vocab.json")
         target_vocab.save(tmp / "target_vocab.json")
-        manifest = _manifest(adapter, specs, tmp, source_vocab, target_vocab, options, made_from or {})
+        made_from = {**(made_from or {}), "weights": asdict(sharing)}
+        manifest = _manifest(adapter, specs, tmp, source_vocab, target_vocab, options, made_from)
         manifest.save(tmp)
         report = None
         if options.check_parity:
@@ -139,21 +153,21 @@ def _check_vocab_sizes(adapter: Seq2SeqAdapter, specs, source_vocab: Vocab, targ
 
 
 def _example_feeds(reference: TorchBackend, source_vocab: Vocab) -> dict[str, dict[str, torch.Tensor]]:
-    """Inputs of a real first decoding step, per graph, for tracing (batch 2, padded)."""
-    from edgeseq.runtime.batching import pad_batch
-
+    """Inputs of a real second decoding step (non-empty caches), per graph, for tracing (batch 2, padded)."""
     spec = reference.adapter.decoder_spec()
     src_ids, src_mask = pad_batch(
         sample_sources(len(source_vocab), count=2, max_len=7, seed=1), reference.special_tokens["pad"]
     )
     state = initial_state(reference, src_ids, src_mask, spec)
-    step = {
-        **state.context,
-        **state.states,
-        spec.tokens_input: np.full(2, reference.special_tokens["decoder_start"], dtype=np.int64),
-    }
-    if spec.step_input:
-        step[spec.step_input] = np.array(0, dtype=np.int64)
+    step = {}
+    for index in range(2):
+        tokens = np.full(2, reference.special_tokens["decoder_start"] if index == 0 else 4, dtype=np.int64)
+        step = {**state.context, **state.states, spec.tokens_input: tokens}
+        if spec.step_input:
+            step[spec.step_input] = np.array(index, dtype=np.int64)
+        if index == 0:
+            out = reference.step(step)
+            state.states = {s.input: out[s.output] for s in spec.states}
     pools = {"encoder": state.context, "attention": state.context, "decoder_step": step}
     return {
         g: {t.name: torch.from_numpy(np.ascontiguousarray(pools[g][t.name])) for t in s.inputs}
@@ -190,6 +204,8 @@ def _manifest(
             "level": source_vocab.level,
         },
         max_source_length=max_src,
+        max_target_length=adapter.max_target_length,
+        files={f: file_sha256(bundle / f) for f in (WEIGHTS_FILE, "source_vocab.json", "target_vocab.json")},
         max_new_tokens=options.max_new_tokens,
         provenance={
             "edgeseq": edgeseq.__version__,

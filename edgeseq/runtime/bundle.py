@@ -34,6 +34,12 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
                 f"{file}: checksum mismatch with the manifest (graphs.{name}.sha256): the file was modified "
                 "after export; re-export the bundle or restore the file"
             )
+    for name, digest in manifest.files.items():
+        file = _inside(root, name, f"files.{name}")
+        if verify_checksums and file_sha256(file) != digest:
+            raise BundleError(
+                f"{file}: checksum mismatch with the manifest (files.{name}): the file was modified after export"
+            )
     tok = manifest.tokenizer
     if tok.get("type") != "vocab":
         raise BundleError(f"{root}: tokenizer.type {tok.get('type')!r} is not supported (expected 'vocab')")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgeseq.errors import InputError
+from edgeseq.errors import InputError, OptionsError
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.loop import decode
 from edgeseq.runtime.options import DecodingOptions
@@ -94,4 +94,9 @@ class Generator:
                     f"source {i} has {len(src)} tokens; this bundle takes at most {m.max_source_length} "
                     "(max_source_length): split the input"
                 )
-        return decode(self.backend, m.decoder, sources, options or self.options)
+        options = options or self.options
+        if m.max_target_length and options.max_new_tokens > m.max_target_length:
+            raise OptionsError(
+                f"max_new_tokens {options.max_new_tokens} exceeds this model's {m.max_target_length} target positions"
+            )
+        return decode(self.backend, m.decoder, sources, options)

@@ -1,0 +1,92 @@
+"""Export adapter for the Transformer family (edgeseq.models.transformer).
+
+encoder.onnx    src_ids, src_mask -> memory (B, S, d)
+attention.onnx  memory -> cross_k_i, cross_v_i (B, nh, S, hs) for every decoder layer i, once per source
+decoder_step    prev_tokens (B,), step (), self_k_i, self_v_i (B, nh, P, hs), cross_k_i, cross_v_i, src_mask
+                -> logits (B, V), self_k_i_out, self_v_i_out (B, nh, P + 1, hs)
+
+The self-attention cache starts empty (P = 0) and grows by one position per step; one decoder-step graph
+serves every step, so each weight is stored once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgeseq.bundle import DecoderSpec, GraphSpec, StateSpec, TensorSpec
+from edgeseq.export.adapter import Seq2SeqAdapter
+from edgeseq.models.transformer import TransformerSeq2Seq
+
+FLOAT, INT = "float32", "int64"
+
+
+class TransformerAdapter(Seq2SeqAdapter):
+    """Cuts a TransformerSeq2Seq into encoder, cross-attention K/V, and a cached decoder step."""
+
+    family = "transformer"
+
+    def __init__(self, model: TransformerSeq2Seq) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg = model.cfg
+        self.source_vocab_size = cfg.src_vocab_size
+        self.max_source_length = cfg.max_positions
+        self.max_target_length = cfg.max_positions
+        self.layers = range(cfg.decoder_layers)
+
+    def special_tokens(self) -> dict[str, int]:
+        c = self.cfg
+        return {"pad": c.pad_id, "bos": c.bos_id, "eos": c.eos_id, "decoder_start": c.bos_id}
+
+    def graph_specs(self) -> dict[str, GraphSpec]:
+        c = self.cfg
+        nh, hs = c.heads, c.d_model // c.heads
+        src_ids = TensorSpec("src_ids", INT, ("batch", "src_len"))
+        src_mask = TensorSpec("src_mask", INT, ("batch", "src_len"))
+        memory = TensorSpec("memory", FLOAT, ("batch", "src_len", c.d_model))
+        cross = tuple(
+            TensorSpec(f"cross_{kv}_{i}", FLOAT, ("batch", nh, "src_len", hs)) for i in self.layers for kv in "kv"
+        )
+        past = tuple(
+            TensorSpec(f"self_{kv}_{i}", FLOAT, ("batch", nh, "past_len", hs)) for i in self.layers for kv in "kv"
+        )
+        grown = tuple(
+            TensorSpec(f"self_{kv}_{i}_out", FLOAT, ("batch", nh, "past_len_plus_1", hs))
+            for i in self.layers
+            for kv in "kv"
+        )
+        step_in = (TensorSpec("prev_tokens", INT, ("batch",)), TensorSpec("step", INT, ()), *past, *cross, src_mask)
+        return {
+            "encoder": GraphSpec("encoder.onnx", (src_ids, src_mask), (memory,)),
+            "attention": GraphSpec("attention.onnx", (memory,), cross),
+            "decoder_step": GraphSpec(
+                "decoder_step.onnx", step_in, (TensorSpec("logits", FLOAT, ("batch", c.tgt_vocab_size)), *grown)
+            ),
+        }
+
+    def decoder_spec(self) -> DecoderSpec:
+        nh, hs = self.cfg.heads, self.cfg.d_model // self.cfg.heads
+        states = tuple(
+            StateSpec(f"self_{kv}_{i}", f"self_{kv}_{i}_out", 0, zeros_shape=("batch", nh, 0, hs))
+            for i in self.layers
+            for kv in "kv"
+        )
+        return DecoderSpec(tokens_input="prev_tokens", logits_output="logits", states=states, step_input="step")
+
+    def encoder(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"memory": self.model.encode(x["src_ids"], x["src_mask"])}
+
+    def attention(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, (k, v) in enumerate(self.model.cross_keys_values(x["memory"])):
+            out[f"cross_k_{i}"], out[f"cross_v_{i}"] = k, v
+        return out
+
+    def decoder_step(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        past = [(x[f"self_k_{i}"], x[f"self_v_{i}"]) for i in self.layers]
+        cross = [(x[f"cross_k_{i}"], x[f"cross_v_{i}"]) for i in self.layers]
+        logits, new = self.model.step(x["prev_tokens"], x["step"], past, cross, x["src_mask"])
+        out = {"logits": logits}
+        for i, (k, v) in enumerate(new):
+            out[f"self_k_{i}_out"], out[f"self_v_{i}_out"] = k, v
+        return out
