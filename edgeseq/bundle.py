@@ -228,9 +228,28 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
     return m
 
 
+def wiring_problems(graphs: dict[str, GraphSpec], decoder: DecoderSpec) -> list[str]:
+    """Every graph input must come from somewhere: the source, an earlier graph, or the decoding loop."""
+    problems = []
+    available = {"src_ids", "src_mask"}
+    for name in ("encoder", "attention", "decoder_step"):
+        if name not in graphs:
+            continue
+        feeds = available | (
+            {decoder.tokens_input, decoder.step_input} | {s.input for s in decoder.states}
+            if name == "decoder_step"
+            else set()
+        )
+        for t in graphs[name].inputs:
+            if t.name not in feeds:
+                problems.append(f"{name} input {t.name!r} is not produced by any earlier graph nor fed by the loop")
+        available |= {t.name for t in graphs[name].outputs}
+    return problems
+
+
 def _check_references(m: Manifest, where: str) -> None:
     """Cross-field checks: decoder names exist in decoder_step, states start from something real."""
-    problems = []
+    problems = wiring_problems(m.graphs, m.decoder)
     step = m.graphs["decoder_step"]
     step_in = {t.name for t in step.inputs}
     step_out = {t.name for t in step.outputs}
@@ -239,6 +258,8 @@ def _check_references(m: Manifest, where: str) -> None:
         problems.append(f"decoder.tokens_input {m.decoder.tokens_input!r} is not an input of decoder_step")
     if m.decoder.logits_output not in step_out:
         problems.append(f"decoder.logits_output {m.decoder.logits_output!r} is not an output of decoder_step")
+    if m.decoder.alignment_output and m.decoder.alignment_output not in step_out:
+        problems.append(f"decoder.alignment_output {m.decoder.alignment_output!r} is not an output of decoder_step")
     if m.decoder.step_input and m.decoder.step_input not in step_in:
         problems.append(f"decoder.step_input {m.decoder.step_input!r} is not an input of decoder_step")
     for i, s in enumerate(m.decoder.states):

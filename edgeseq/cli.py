@@ -22,9 +22,11 @@ def cli() -> None:
 @click.option("--out", required=True, help="Bundle directory to write (must not exist unless --force).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset.")
-@click.option("--max-new-tokens", default=64, show_default=True, help="The bundle's default generation limit.")
+@click.option(
+    "--max-new-tokens", type=int, help="The bundle's default generation limit (default: 64, or the model's positions)."
+)
 @click.option("--data", help="Source sentences (one per line) to check parity on, instead of random ones.")
-def export(checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: int, data: str | None) -> None:
+def export(checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: int | None, data: str | None) -> None:
     """Export CHECKPOINT (a .safetensors file saved by edgeseq) to a bundle, checking parity."""
     from edgeseq.bundle import file_sha256
     from edgeseq.export import ExportOptions, export_model, load_checkpoint

@@ -93,24 +93,40 @@ def test_modified_graph_is_refused_by_name(bundle_copy):
 
 
 def test_missing_and_truncated_graphs(bundle_copy):
-    (bundle_copy / "attention.onnx").unlink()
-    with pytest.raises(
-        BundleError, match=r"attention\.onnx: missing \(listed in the manifest as graphs\.attention\.file\)"
-    ):
+    attention = bundle_copy / "attention.onnx"
+    saved = attention.read_bytes()
+    attention.unlink()
+    with pytest.raises(BundleError, match=r"attention\.onnx: missing \(listed in the manifest as graphs\.attention"):
         load_bundle(bundle_copy)
+    attention.write_bytes(saved)
     enc = bundle_copy / "encoder.onnx"
     enc.write_bytes(enc.read_bytes()[:100])
-    edit_manifest(bundle_copy, lambda d: d["graphs"].pop("attention"))
     with pytest.raises(BundleError, match=r"encoder\.onnx: onnxruntime cannot load it"):
         Generator(load_bundle(bundle_copy, verify_checksums=False))
+
+
+def test_manifest_wiring_is_checked(bundle_copy):
+    edit_manifest(bundle_copy, lambda d: d["graphs"].pop("attention"))
+    with pytest.raises(BundleError, match="decoder_step input 'attn_keys' is not produced by any earlier graph"):
+        load_bundle(bundle_copy)
 
 
 def test_graph_io_that_differs_from_manifest_is_refused(bundle_copy):
     edit_manifest(bundle_copy, lambda d: d["graphs"]["decoder_step"]["outputs"][0].update(shape=["batch", 7]))
     with pytest.raises(BundleError, match=r"output 'logits' has shape \['batch', 15\] in the graph but \['batch', 7\]"):
         Generator(bundle_copy)
-    edit_manifest(bundle_copy, lambda d: d["graphs"]["encoder"]["outputs"][0].update(name="mem"))
-    with pytest.raises(BundleError, match=r"encoder\.onnx: graph outputs .* do not match the manifest"):
+    edit_manifest(bundle_copy, lambda d: d["graphs"]["decoder_step"]["outputs"][0].update(shape=["batch", 15]))
+    edit_manifest(bundle_copy, lambda d: d["graphs"]["encoder"]["outputs"][0].update(dtype="float16"))
+    with pytest.raises(BundleError, match=r"output 'memory' is float32 in the graph but float16 in the manifest"):
+        Generator(bundle_copy)
+    edit_manifest(bundle_copy, lambda d: d["graphs"]["encoder"]["outputs"][0].update(dtype="float32"))
+
+    def rename(d):
+        d["graphs"]["decoder_step"]["outputs"][-1]["name"] = "align"
+        d["decoder"]["alignment_output"] = "align"
+
+    edit_manifest(bundle_copy, rename)
+    with pytest.raises(BundleError, match=r"decoder_step\.onnx: graph outputs .* do not match the manifest"):
         Generator(load_bundle(bundle_copy))
 
 

@@ -134,6 +134,24 @@ def check_graphs(
     return list(worst.values())
 
 
+def teacher_forced_logits(backend, spec, sources: Sequence[Sequence[int]], decoder_inputs: np.ndarray) -> np.ndarray:
+    """Logits of every step when the decoder is fed `decoder_inputs` (B, T), starting with decoder_start.
+
+    Works on either backend; (B, T, V). Rows shorter than T should be padded; compare only real positions.
+    """
+    src_ids, src_mask = pad_batch(sources, backend.special_tokens["pad"])
+    state = initial_state(backend, src_ids, src_mask, spec)
+    logits = []
+    for step in range(decoder_inputs.shape[1]):
+        feeds = {**state.context, **state.states, spec.tokens_input: decoder_inputs[:, step].astype(np.int64)}
+        if spec.step_input:
+            feeds[spec.step_input] = np.array(step, dtype=np.int64)
+        out = backend.step(feeds)
+        state.states = {s.input: out[s.output] for s in spec.states}
+        logits.append(out[spec.logits_output])
+    return np.stack(logits, axis=1)
+
+
 def check_sequences(
     ref: TorchBackend, got: OrtBackend, sources: Sequence[Sequence[int]], t: Thresholds, options: DecodingOptions
 ) -> list[SequenceCheck]:

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 import edgeseq
-from edgeseq.bundle import Manifest, file_sha256
+from edgeseq.bundle import Manifest, file_sha256, wiring_problems
 from edgeseq.errors import OptionsError, ParityError
 from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
 from edgeseq.export.parity import ParityReport, Thresholds, check_parity, sample_sources
 from edgeseq.export.rnn import RNNAdapter
-from edgeseq.export.trace import trace_graph
+from edgeseq.export.trace import ExportError, trace_graph
 from edgeseq.export.transformer import TransformerAdapter
 from edgeseq.export.weights import WEIGHTS_FILE, share_weights
 from edgeseq.models.rnn import RNNSeq2Seq
@@ -54,7 +54,7 @@ class ExportOptions:
 
     opset: int = 17  # ONNX opset of every graph
     force: bool = False  # replace an existing bundle at the target
-    max_new_tokens: int = 64  # the bundle's default generation limit
+    max_new_tokens: int | None = None  # the bundle's default generation limit (None: 64, or fewer positions)
     max_source_length: int | None = None  # longest source the bundle accepts (None: the model's limit)
     check_parity: bool = True  # validate against PyTorch and refuse a bundle that fails
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -62,7 +62,7 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if not 13 <= self.opset <= 20:
             raise OptionsError(f"opset must be between 13 and 20, got {self.opset}")
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise OptionsError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_source_length is not None and self.max_source_length < 1:
             raise OptionsError(f"max_source_length must be >= 1, got {self.max_source_length}")
@@ -101,11 +101,17 @@ def export_model(
     if out.exists() and not options.force:
         raise OptionsError(f"{out} already exists: choose another --out, or pass --force to replace it")
     adapter = adapter_for(model).eval()
-    if adapter.max_target_length and options.max_new_tokens > adapter.max_target_length:
+    limit = adapter.max_target_length
+    if options.max_new_tokens is None:
+        options = replace(options, max_new_tokens=min(64, limit or 64))
+    elif limit and options.max_new_tokens > limit:
         raise OptionsError(
             f"max_new_tokens {options.max_new_tokens} exceeds the model's {adapter.max_target_length} target positions"
         )
     specs = adapter.graph_specs()
+    problems = wiring_problems(specs, adapter.decoder_spec())
+    if problems:
+        raise ExportError(f"{type(adapter).__name__}: " + "; ".join(problems))
     _check_vocab_sizes(adapter, specs, source_vocab, target_vocab)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
