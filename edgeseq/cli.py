@@ -158,18 +158,73 @@ def info(bundle: str) -> None:
 
 
 @cli.command()
+@click.argument("bundle")
+@click.option("--reference", help="The PyTorch checkpoint of the bundle, to run PyTorch eager side by side.")
+@click.option("--batch", default=1, show_default=True, help="Sources decoded together.")
+@click.option("--source-len", default=24, show_default=True, help="Tokens per (random) source, </s> included.")
+@click.option("--new-tokens", default=64, show_default=True, help="Tokens generated per source (exactly).")
+@click.option("--threads", default=2, show_default=True, help="Threads for every engine.")
+@click.option("--repeats", default=3, show_default=True, help="Timed runs per engine (the median is reported).")
+@click.option("--json", "json_out", help="Also write the figures as JSON to this file.")
+def bench(
+    bundle: str,
+    reference: str | None,
+    batch: int,
+    source_len: int,
+    new_tokens: int,
+    threads: int,
+    repeats: int,
+    json_out: str | None,
+) -> None:
+    """Time greedy decoding with BUNDLE (and PyTorch eager with --reference), side by side."""
+    from edgeseq.bench import bench_decode, random_sources, step_profile_table, summary_table
+    from edgeseq.runtime import load_bundle
+    from edgeseq.runtime.generator import OrtBackend
+
+    b = load_bundle(bundle)
+    m = b.manifest
+    if m.max_target_length and new_tokens > m.max_target_length:
+        raise EdgeseqError(f"--new-tokens {new_tokens} exceeds the model's {m.max_target_length} target positions")
+    sources = random_sources(m.source_vocab_size, batch, source_len)
+    results = [bench_decode("onnxruntime", OrtBackend(b, threads=threads), m.decoder, sources, new_tokens, repeats)]
+    if reference:
+        import torch
+
+        from edgeseq.export import TorchBackend, adapter_for, load_checkpoint
+
+        torch.set_num_threads(threads)
+        model = load_checkpoint(reference).model
+        results.append(
+            bench_decode("pytorch", TorchBackend(adapter_for(model)), m.decoder, sources, new_tokens, repeats)
+        )
+    click.echo(
+        f"greedy decoding, batch {batch}, {source_len}-token sources, {new_tokens} new tokens, {threads} threads"
+    )
+    click.echo(summary_table(results))
+    if len(results) == 2:
+        click.echo(f"onnxruntime / pytorch tokens/s: {results[0].tokens_per_s / results[1].tokens_per_s:.2f}x")
+    click.echo("\ndecoder step time by step index (mean over the steps since the previous mark):")
+    click.echo(step_profile_table(results))
+    if json_out:
+        Path(json_out).write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n", encoding="utf-8")
+
+
+@cli.command()
 @click.option("--out", help="Keep the checkpoint and bundle in this new directory.")
+@click.option("--arch", type=click.Choice(["rnn", "transformer"]), default="rnn", show_default=True)
 @click.option("--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True)
 @click.option(
     "--attention", type=click.Choice(["bahdanau", "luong-dot", "luong-general"]), default="bahdanau", show_default=True
 )
-@click.option("--steps", default=600, show_default=True, help="Training steps (batch 64).")
-def demo(out: str | None, cell: str, attention: str, steps: int) -> None:
+@click.option("--steps", type=int, help="Training steps of batch 64 (default: 600 rnn, 800 transformer).")
+def demo(out: str | None, arch: str, cell: str, attention: str, steps: int | None) -> None:
     """Train a date normalizer on the CPU, export it, validate it, translate with ONNX Runtime."""
     from edgeseq.demo.run import DemoOptions, run_demo
 
-    click.echo(f"edgeseq demo: human-written dates -> ISO dates with a {cell.upper()} + {attention} model")
-    run_demo(Path(out) if out else None, DemoOptions(cell=cell, attention=attention, steps=steps), echo=click.echo)
+    model = "Transformer" if arch == "transformer" else f"{cell.upper()} + {attention}"
+    click.echo(f"edgeseq demo: human-written dates -> ISO dates with a {model} model")
+    options = DemoOptions(arch=arch, cell=cell, attention=attention, steps=steps)
+    run_demo(Path(out) if out else None, options, echo=click.echo)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -150,3 +150,14 @@ def test_demo_end_to_end(tmp_path):
     assert (out / "dates.safetensors").is_file() and (out / "bundle" / MANIFEST).is_file()
     r = edgeseq("generate", out / "bundle", "Tuesday, 24 November 2026", "11/24/2026")
     assert r.stdout.splitlines() == ["2026-11-24", "2026-11-24"]
+
+
+def test_bench_prints_both_engines_side_by_side(checkpoint_and_bundle, tmp_path):
+    ckpt, bundle = checkpoint_and_bundle
+    out = tmp_path / "bench.json"
+    r = edgeseq("bench", bundle, "--reference", ckpt, "--new-tokens", "12", "--repeats", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime / pytorch tokens/s:" in r.stdout
+    data = json.loads(out.read_text())
+    assert [d["engine"] for d in data] == ["onnxruntime", "pytorch"]
+    assert all(len(d["step_ms"]) == 12 and d["tokens_per_s"] > 0 for d in data)

@@ -14,7 +14,7 @@ from edgeseq.demo.dates import demo_split
 from edgeseq.demo.train import TrainOptions, encode_pairs, train
 from edgeseq.errors import EdgeseqError
 from edgeseq.export import ExportOptions, TorchBackend, adapter_for, export_model, save_checkpoint
-from edgeseq.models import RNNConfig, RNNSeq2Seq
+from edgeseq.models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq
 from edgeseq.runtime import DecodingOptions, Generator
 from edgeseq.runtime.loop import decode
 from edgeseq.vocab import Vocab
@@ -26,9 +26,10 @@ TARGET_EXACT_MATCH = 0.95
 class DemoOptions:
     """What the demo trains and how much it shows."""
 
-    cell: str = "lstm"
-    attention: str = "bahdanau"
-    steps: int = 600  # training steps of batch 64 (about 35 s on 2 cores)
+    arch: str = "rnn"  # "rnn" or "transformer"
+    cell: str = "lstm"  # rnn only
+    attention: str = "bahdanau"  # rnn only
+    steps: int | None = None  # training steps of batch 64 (None: 600 for rnn, 800 for transformer; ~40-60 s)
     train_pairs: int = 30000
     held_out: int = 1000
     examples: int = 8  # held-out examples printed one by one
@@ -56,15 +57,12 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> 
         f"e.g. {test_pairs[0][0]!r} -> {test_pairs[0][1]!r}"
     )
 
-    cfg = RNNConfig(
-        len(sv), len(tv), cell=o.cell, attention=o.attention, bidirectional=True, hidden=128, emb_dim=32, attn_dim=64
-    )
-    model = RNNSeq2Seq(cfg)
-    echo(f"[2/5] training {o.steps} steps on {o.threads} CPU threads ...")
+    model, name, train_options = _model(o, len(sv), len(tv))
+    echo(f"[2/5] training {train_options.steps} steps on {o.threads} CPU threads ...")
     t = time.perf_counter()
-    losses = train(model, encode_pairs(train_pairs, sv, tv), tv, TrainOptions(steps=o.steps))
+    losses = train(model, encode_pairs(train_pairs, sv, tv), tv, train_options)
     echo(
-        f"      trained a bidirectional {o.cell.upper()} + {o.attention} attention model "
+        f"      trained a {name} model "
         f"({sum(p.numel() for p in model.parameters()):,} parameters) for {len(losses)} steps "
         f"in {time.perf_counter() - t:.1f} s, final loss {losses[-1]:.4f}"
     )
@@ -119,6 +117,37 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> 
     if acc < TARGET_EXACT_MATCH:
         raise EdgeseqError(f"held-out exact match {acc:.1%} is below the demo's target {TARGET_EXACT_MATCH:.0%}")
     return acc
+
+
+def _model(o: DemoOptions, src_vocab: int, tgt_vocab: int) -> tuple[torch.nn.Module, str, TrainOptions]:
+    if o.arch == "transformer":
+        cfg = TransformerConfig(
+            src_vocab,
+            tgt_vocab,
+            d_model=128,
+            heads=4,
+            encoder_layers=2,
+            decoder_layers=2,
+            ffn_dim=256,
+            dropout=0.0,
+            max_positions=64,
+        )
+        steps = o.steps or 800
+        return TransformerSeq2Seq(cfg), "2+2-layer Transformer", TrainOptions(steps=steps, lr=1e-3, warmup=steps // 10)
+    if o.arch != "rnn":
+        raise EdgeseqError(f"unknown demo architecture {o.arch!r}: choose rnn or transformer")
+    cfg = RNNConfig(
+        src_vocab,
+        tgt_vocab,
+        cell=o.cell,
+        attention=o.attention,
+        bidirectional=True,
+        hidden=128,
+        emb_dim=32,
+        attn_dim=64,
+    )
+    name = f"bidirectional {o.cell.upper()} + {o.attention} attention"
+    return RNNSeq2Seq(cfg), name, TrainOptions(steps=o.steps or 600)
 
 
 def _exact(outputs: list[str], pairs: list[tuple[str, str]]) -> float:

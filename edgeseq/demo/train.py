@@ -23,7 +23,8 @@ class TrainOptions:
 
     steps: int = 2000  # optimizer steps (batches)
     batch_size: int = 64
-    lr: float = 3e-3  # Adam, decayed linearly to 10% over the steps
+    lr: float = 3e-3  # Adam, warmed up linearly, then decayed linearly to 10% over the steps
+    warmup: int = 0  # steps of linear warm-up
     clip: float = 1.0  # gradient norm clipping
     seed: int = 0
     max_seconds: float | None = None  # stop early once this much time has passed
@@ -58,7 +59,11 @@ def train(
     rng = random.Random(options.seed)
     torch.manual_seed(options.seed)
     opt = torch.optim.Adam(model.parameters(), lr=options.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - 0.9 * i / options.steps)
+
+    def schedule(i: int) -> float:
+        return min((i + 1) / options.warmup, 1.0) if i < options.warmup else 1.0 - 0.9 * i / options.steps
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     loss_fn = nn.CrossEntropyLoss(ignore_index=tv.pad_id)
     model.train()
     losses, start = [], time.perf_counter()

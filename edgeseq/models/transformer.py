@@ -221,6 +221,8 @@ class TransformerSeq2Seq(nn.Module):
             self.out_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size))
         else:
             self.out = nn.Linear(d, cfg.tgt_vocab_size)
+        for emb in {self.src_emb, self.tgt_emb}:  # std d^-1/2, so that sqrt(d)-scaled embeddings are ~N(0, 1)
+            nn.init.normal_(emb.weight, std=d**-0.5)
 
     def positions(self, index: torch.Tensor) -> torch.Tensor:
         """Position vectors for an index tensor of any shape -> (*index.shape, d)."""

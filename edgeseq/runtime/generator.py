@@ -17,17 +17,27 @@ from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, resolve_providers
 
 
+def session_options(threads: int | None, spin: bool) -> ort.SessionOptions:
+    """Full graph optimisation, `threads` intra-op threads. Only the step session spins its threads: each
+    session has its own pool, and a pool left spinning after the encoder would steal the step's cores."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
 class OrtBackend:
     """The loop's backend on ONNX Runtime: encoder and attention once per batch, then one step at a time."""
 
     def __init__(self, bundle: Bundle, provider: str = "cpu", threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         self.providers = resolve_providers(provider)
-        self.sessions = {name: GraphSession(bundle, name, self.providers, options) for name in bundle.manifest.graphs}
+        self.sessions = {
+            name: GraphSession(bundle, name, self.providers, session_options(threads, spin=name == "decoder_step"))
+            for name in bundle.manifest.graphs
+        }
         self.step_graph = bundle.manifest.graphs["decoder_step"]
         self.special_tokens = bundle.manifest.special_tokens
 

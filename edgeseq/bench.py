@@ -1,0 +1,111 @@
+"""Decoding benchmarks: the runtime against PyTorch eager on the same model, in one run, side by side.
+
+Both sides run the same generation loop and strategy; only the engine under the graphs differs (ONNX
+Runtime vs the PyTorch modules). Random sources of a fixed length; exactly `new_tokens` tokens are
+generated (</s> is forbidden until then), so random-weight models decode as far as trained ones.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edgeseq.runtime.loop import decode
+from edgeseq.runtime.options import DecodingOptions
+
+
+@dataclass
+class BenchResult:
+    """One engine's figures."""
+
+    engine: str
+    batch: int
+    new_tokens: int
+    seconds: float  # median wall time of one batch decode
+    tokens_per_s: float  # generated tokens per second (batch * new_tokens / seconds)
+    step_ms: list[float] = field(default_factory=list)  # decoder step wall time at each step, median of repeats
+    context_ms: float = 0.0  # encoder + attention graph, once per batch
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _Timed:
+    """Wraps a backend and records how long each call takes."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.step_graph, self.special_tokens = backend.step_graph, backend.special_tokens
+        self.steps: list[float] = []
+        self.context_s = 0.0
+
+    def context(self, feeds):
+        t = time.perf_counter()
+        out = self.backend.context(feeds)
+        self.context_s = time.perf_counter() - t
+        return out
+
+    def step(self, feeds):
+        t = time.perf_counter()
+        out = self.backend.step(feeds)
+        self.steps.append(time.perf_counter() - t)
+        return out
+
+
+def random_sources(vocab_size: int, batch: int, length: int, seed: int = 0, eos: int = 2) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[*map(int, rng.integers(4, vocab_size, size=length - 1)), eos] for _ in range(batch)]
+
+
+def bench_decode(
+    engine: str, backend, spec, sources: Sequence[Sequence[int]], new_tokens: int, repeats: int = 3
+) -> BenchResult:
+    """Greedy-decode `sources` exactly `new_tokens` tokens, `repeats` times after one warm-up."""
+    options = DecodingOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    decode(backend, spec, sources, options)  # warm-up: allocations, lazy initialisation
+    runs, steps, contexts = [], [], []
+    for _ in range(repeats):
+        timed = _Timed(backend)
+        t = time.perf_counter()
+        decode(timed, spec, sources, options)
+        runs.append(time.perf_counter() - t)
+        steps.append(timed.steps)
+        contexts.append(timed.context_s)
+    seconds = statistics.median(runs)
+    step_ms = [1000 * statistics.median(s[i] for s in steps) for i in range(new_tokens)]
+    return BenchResult(
+        engine,
+        len(sources),
+        new_tokens,
+        seconds,
+        len(sources) * new_tokens / seconds,
+        step_ms,
+        1000 * statistics.median(contexts),
+    )
+
+
+def step_profile_table(
+    results: Sequence[BenchResult], marks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+) -> str:
+    """Decoder step time (ms) at chosen steps, per engine, with the mean over each doubling range."""
+    n = min(len(r.step_ms) for r in results)
+    marks = [m for m in marks if m <= n]
+    lines = [f"{'step':>6}" + "".join(f"{r.engine:>16}" for r in results)]
+    for m in marks:
+        lo = max(1, m // 2 + 1) if m > 1 else 1
+        lines.append(f"{m:>6}" + "".join(f"{statistics.mean(r.step_ms[lo - 1 : m]):>13.3f} ms" for r in results))
+    return "\n".join(lines)
+
+
+def summary_table(results: Sequence[BenchResult]) -> str:
+    lines = [f"{'engine':<16}{'batch':>6}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'context ms':>12}{'step ms':>9}"]
+    for r in results:
+        lines.append(
+            f"{r.engine:<16}{r.batch:>6}{r.new_tokens:>8}{r.seconds:>10.3f}{r.tokens_per_s:>11.1f}{r.context_ms:>12.2f}"
+            f"{statistics.median(r.step_ms):>9.3f}"
+        )
+    return "\n".join(lines)
