@@ -129,10 +129,11 @@ def test_info(checkpoint_and_bundle):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])
+def test_demo_end_to_end(tmp_path, arch):
     """The README's main job: trains, exports, validates, translates; at least 95% held-out exact match."""
     out = tmp_path / "demo"
-    r = edgeseq("demo", "--out", out)
+    r = edgeseq("demo", "--out", out, "--arch", arch)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     final = next(line for line in lines if line.startswith("[5/5]"))

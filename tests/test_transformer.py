@@ -254,3 +254,14 @@ def test_torch_reference_backend_matches_model(reference_bundle):
     with torch.no_grad():
         np.testing.assert_allclose(got, model(src, mask, torch.from_numpy(targets)).numpy(), atol=1e-5)
     assert isinstance(OrtBackend, type)
+
+
+def test_the_readme_example_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "examples" / "nn_transformer.py"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "PASS" in r.stdout and (tmp_path / "b" / "weights.bin").is_file()
