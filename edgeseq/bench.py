@@ -39,7 +39,7 @@ class _Timed:
 
     def __init__(self, backend) -> None:
         self.backend = backend
-        self.step_graph, self.special_tokens = backend.step_graph, backend.special_tokens
+        self.graphs, self.step_graph, self.special_tokens = backend.graphs, backend.step_graph, backend.special_tokens
         self.steps: list[float] = []
         self.context_s = 0.0
 

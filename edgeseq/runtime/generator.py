@@ -38,6 +38,7 @@ class OrtBackend:
             name: GraphSession(bundle, name, self.providers, session_options(threads, spin=name == "decoder_step"))
             for name in bundle.manifest.graphs
         }
+        self.graphs = bundle.manifest.graphs
         self.step_graph = bundle.manifest.graphs["decoder_step"]
         self.special_tokens = bundle.manifest.special_tokens
 

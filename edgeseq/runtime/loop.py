@@ -1,29 +1,32 @@
 """The generation loop: family-agnostic, backend-agnostic, strategy-agnostic.
 
-A backend runs the graphs (ONNX Runtime in deployment, PyTorch for the parity reference); the loop only
-feeds state outputs back to state inputs by the pairs the manifest declares.
+A backend runs the graphs (ONNX Runtime in deployment, PyTorch for the parity reference); a strategy
+chooses tokens and says which rows go on. The loop feeds state outputs back to state inputs by the pairs
+the manifest declares, and moves every per-row tensor along its batch axis when the strategy reorders or
+drops rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from edgeseq.bundle import GraphSpec, StateSpec
+from edgeseq.bundle import DecoderSpec, GraphSpec, StateSpec
 from edgeseq.errors import BundleError
 from edgeseq.runtime.batching import pad_batch
 from edgeseq.runtime.options import DecodingOptions
-from edgeseq.runtime.search import Hypothesis, make_strategy
+from edgeseq.runtime.search import Hypothesis, Strategy, make_strategy
 
 SOURCE_IDS, SOURCE_MASK = "src_ids", "src_mask"
 
 
 class Backend(Protocol):
-    """What the loop needs from a model: the step graph's I/O, one-off context, and one step."""
+    """What the loop needs from a model: the graphs' I/O, one-off context, and one step."""
 
+    graphs: dict[str, GraphSpec]
     step_graph: GraphSpec
     special_tokens: dict[str, int]
 
@@ -36,13 +39,13 @@ class Backend(Protocol):
 
 @dataclass
 class DecodeState:
-    """The tensors a step needs: per-batch context (fixed) and states (replaced every step)."""
+    """The tensors a step needs: per-row context (fixed per source) and states (replaced every step)."""
 
     context: dict[str, np.ndarray]
     states: dict[str, np.ndarray]
 
 
-def initial_state(backend: Backend, src_ids: np.ndarray, src_mask: np.ndarray, spec) -> DecodeState:
+def initial_state(backend: Backend, src_ids: np.ndarray, src_mask: np.ndarray, spec: DecoderSpec) -> DecodeState:
     """Run encoder and attention once; start every state from its declared source."""
     feeds = {SOURCE_IDS: src_ids, SOURCE_MASK: src_mask}
     context = {**feeds, **backend.context(feeds)}
@@ -59,32 +62,87 @@ def _init(s: StateSpec, context: dict[str, np.ndarray], batch: int) -> np.ndarra
     return np.zeros(shape, dtype=s.dtype)
 
 
-def decode(
-    backend: Backend, spec, sources: Sequence[Sequence[int]], options: DecodingOptions
-) -> list[list[Hypothesis]]:
-    """Decode a batch of source id lists; returns, per source in input order, its hypotheses best first.
+def batch_axes(backend: Backend) -> dict[str, int]:
+    """The batch axis of every context tensor (source inputs, encoder and attention outputs)."""
+    axes = {SOURCE_IDS: 0, SOURCE_MASK: 0}
+    for name in ("encoder", "attention"):
+        for t in backend.graphs[name].outputs if name in backend.graphs else ():
+            if "batch" in t.shape:
+                axes[t.name] = t.shape.index("batch")
+    return axes
 
-    `spec` is the bundle's DecoderSpec: which step inputs are the tokens, the step index and the states.
-    """
-    tokens = backend.special_tokens
-    src_ids, src_mask = pad_batch(sources, tokens["pad"])
-    state = initial_state(backend, src_ids, src_mask, spec)
-    strategy = make_strategy(options, batch=len(sources), special_tokens=tokens)
-    step_inputs = [t.name for t in backend.step_graph.inputs]
-    for step in range(options.max_new_tokens):
-        feeds = {}
-        for name in step_inputs:
-            if name == spec.tokens_input:
-                feeds[name] = strategy.last_tokens()
-            elif name == spec.step_input:
-                feeds[name] = np.array(step, dtype=np.int64)
-            elif name in state.states:
-                feeds[name] = state.states[name]
-            else:
-                feeds[name] = state.context[name]
-        out = backend.step(feeds)
-        strategy.update(out[spec.logits_output], step)
-        state.states = {s.input: out[s.output] for s in spec.states}
-        if strategy.done():
-            break
-    return strategy.finalize()
+
+class Decoding:
+    """One batch being decoded: iterate `steps()` for the tokens as they are decided, then `results()`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        spec: DecoderSpec,
+        sources: Sequence[Sequence[int]],
+        options: DecodingOptions,
+        banned: tuple[int, ...] = (),
+    ) -> None:
+        self.backend, self.spec, self.options = backend, spec, options
+        src_ids, src_mask = pad_batch(sources, backend.special_tokens["pad"])
+        self.state = initial_state(backend, src_ids, src_mask, spec)
+        self.strategy: Strategy = make_strategy(options, [len(s) for s in sources], backend.special_tokens, banned)
+        self.axes = batch_axes(backend)
+        self.row_sources = np.arange(len(sources))
+        self._take(self.strategy.start_rows())
+        self.step_inputs = [t.name for t in backend.step_graph.inputs]
+
+    def _take(self, rows: np.ndarray) -> None:
+        """Carry `rows` (indices of the current rows) forward: states always, context when sources change."""
+        if np.array_equal(rows, np.arange(len(self.row_sources))):
+            return
+        specs = {s.input: s for s in self.spec.states}
+        self.state.states = {k: np.take(v, rows, axis=specs[k].batch_axis) for k, v in self.state.states.items()}
+        sources = self.row_sources[rows]
+        if not np.array_equal(sources, self.row_sources):  # beams reordered within a source share context
+            self.state.context = {
+                k: np.take(v, rows, axis=self.axes[k]) if k in self.axes else v for k, v in self.state.context.items()
+            }
+        self.row_sources = sources
+
+    def steps(self) -> Iterator[list[tuple[int, int]]]:
+        """Run the decoder; after each step yield the (source, token) pairs decided at it."""
+        spec = self.spec
+        for step in range(self.options.max_new_tokens):
+            feeds = {}
+            for name in self.step_inputs:
+                if name == spec.tokens_input:
+                    feeds[name] = self.strategy.last_tokens()
+                elif name == spec.step_input:
+                    feeds[name] = np.array(step, dtype=np.int64)
+                elif name in self.state.states:
+                    feeds[name] = self.state.states[name]
+                else:
+                    feeds[name] = self.state.context[name]
+            out = self.backend.step(feeds)
+            align = out.get(spec.alignment_output) if self.options.return_alignments and spec.alignment_output else None
+            keep = self.strategy.update(out[spec.logits_output], step, align)
+            self.state.states = {s.input: out[s.output] for s in spec.states}
+            if keep is not None:
+                self._take(keep)
+            yield self.strategy.emitted()
+            if self.strategy.done():
+                return
+
+    def results(self) -> list[list[Hypothesis]]:
+        """Per source in input order, its hypotheses best first."""
+        return self.strategy.finalize()
+
+
+def decode(
+    backend: Backend,
+    spec: DecoderSpec,
+    sources: Sequence[Sequence[int]],
+    options: DecodingOptions,
+    banned: tuple[int, ...] = (),
+) -> list[list[Hypothesis]]:
+    """Decode a batch of source id lists; per source in input order, its hypotheses best first."""
+    decoding = Decoding(backend, spec, sources, options, banned)
+    for _ in decoding.steps():
+        pass
+    return decoding.results()

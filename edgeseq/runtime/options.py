@@ -1,7 +1,8 @@
-"""DecodingOptions: one frozen, validated object for every way of decoding."""
+"""DecodingOptions: one frozen, validated object for every way of decoding (greedy, beam, sampling)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 from edgeseq.errors import OptionsError
@@ -9,28 +10,74 @@ from edgeseq.errors import OptionsError
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """How to decode. Invalid values are refused at construction; override with `.replace(**kw)`."""
+    """How to decode. Invalid values are refused at construction; override with `.replace(**kw)`.
+
+    Semantics follow Hugging Face `generate()` for encoder-decoders.
+    """
 
     max_new_tokens: int = 64  # stop after this many generated tokens (</s> included)
     min_new_tokens: int = 0  # </s> is forbidden before this many tokens
+    beam_size: int = 1  # > 1: beam search
+    length_penalty: float = 1.0  # beam: a hypothesis scores sum(log p) / length ** length_penalty
+    early_stopping: bool = False  # beam: a source is done as soon as it has beam_size finished hypotheses
+    nbest: int = 1  # hypotheses returned per source (beam: <= beam_size; sampling: independent samples)
+    sample: bool = False  # sample from the (warped) distribution instead of taking the argmax
+    temperature: float = 1.0  # sampling: logits / temperature
+    top_k: int = 0  # sampling: keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # sampling: keep the smallest set of tokens whose probability reaches top_p
+    seed: int | None = None  # sampling: makes it reproducible
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already generated (CTRL-style)
+    no_repeat_ngram: int = 0  # > 0: never repeat an n-gram of this size
+    return_alignments: bool = False  # attention weights per generated token, where the bundle exposes them
 
     def __post_init__(self) -> None:
         problems = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
+            if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
                 problems.append(f"{f.name} must be an integer, got {value!r}")
+            elif f.type == "float" and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            ):
+                problems.append(f"{f.name} must be a finite number, got {value!r}")
+            elif f.type == "bool" and not isinstance(value, bool):
+                problems.append(f"{f.name} must be true or false, got {value!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
+            problems.append(f"seed must be a non-negative integer, got {self.seed!r}")
         if not problems:
-            if self.max_new_tokens < 1:
-                problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-            if self.min_new_tokens < 0:
-                problems.append(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
-            if self.min_new_tokens > self.max_new_tokens:
-                problems.append(
-                    f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"
-                )
+            problems = self._range_problems()
         if problems:
             raise OptionsError("invalid decoding options: " + "; ".join(problems))
+
+    def _range_problems(self) -> list[str]:
+        p = []
+        if self.max_new_tokens < 1:
+            p.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            p.append(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        if self.min_new_tokens > self.max_new_tokens:
+            p.append(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
+        if self.beam_size < 1:
+            p.append(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.nbest < 1:
+            p.append(f"nbest must be >= 1, got {self.nbest}")
+        elif not self.sample and self.nbest > self.beam_size:
+            p.append(
+                f"nbest ({self.nbest}) must not exceed beam_size ({self.beam_size}); use a larger beam or sampling"
+            )
+        if self.sample and self.beam_size > 1:
+            p.append("sample and beam_size > 1 cannot be combined: choose sampling or beam search")
+        if self.temperature <= 0:
+            p.append(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            p.append(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            p.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            p.append(f"repetition_penalty must be > 0 (1 turns it off), got {self.repetition_penalty}")
+        if self.no_repeat_ngram < 0:
+            p.append(f"no_repeat_ngram must be >= 0 (0 turns it off), got {self.no_repeat_ngram}")
+        return p
 
     def replace(self, **changes) -> DecodingOptions:
         """A copy with some fields changed (validated again)."""

@@ -1,79 +1,245 @@
-"""Search strategies behind one small interface; the loop never asks which one it runs."""
+"""Search strategies behind one small interface; the loop never asks which one it runs.
+
+A strategy owns the rows of the batch the decoder runs on. After each step it may return `keep`: the
+current rows to carry into the next step, in their new order (beam search reorders; finished rows drop
+out). The loop applies `keep` to every state tensor along its declared batch axis.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.processors import log_softmax, process, sample, warp
 
 
 @dataclass(frozen=True)
 class Hypothesis:
-    """A decoded sequence (without </s>) and its score: the sum of its tokens' log-probabilities."""
+    """A decoded sequence (without </s>) and its score.
+
+    Greedy and sampling: the sum of the chosen tokens' log-probabilities (after penalties, before sampling
+    warpers). Beam search: that sum divided by length ** length_penalty (length counts </s>), as HF.
+    `alignment`: (tokens, source length) attention weights, when asked for and available.
+    """
 
     tokens: tuple[int, ...]
     score: float
+    alignment: np.ndarray | None = None
 
 
 class Strategy(Protocol):
+    def start_rows(self) -> np.ndarray:
+        """The source index of each initial row (a source may get several rows: beams, samples)."""
+
     def last_tokens(self) -> np.ndarray:
         """(rows,) int64: the token each row feeds to the next step."""
 
-    def update(self, logits: np.ndarray, step: int) -> None:
-        """Take one step's (rows, V) logits and choose the next tokens."""
+    def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
+        """Take one step's (rows, V) logits; return the rows to keep (None: all, unchanged)."""
+
+    def emitted(self) -> list[tuple[int, int]]:
+        """(source, token) pairs decided for good at the last update, for streaming (empty for beams)."""
 
     def done(self) -> bool:
-        """True when every row has finished."""
+        """True when nothing is left to decode."""
 
     def finalize(self) -> list[list[Hypothesis]]:
         """Per source, its hypotheses best first."""
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """(rows, V) -> (rows, V) log-probabilities, in float32."""
-    x = logits.astype(np.float32, copy=False)
-    m = x.max(axis=-1, keepdims=True)
-    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+@dataclass
+class _Row:
+    source: int
+    tokens: list[int]
+    score: float = 0.0
+    alignment: list[np.ndarray] | None = None
 
 
-class Greedy:
-    """Argmax at every step; finished rows feed <pad> and add nothing to their score."""
+class TokenByToken:
+    """Greedy decoding, or sampling (`options.sample`) with `nbest` independent samples per source.
 
-    def __init__(self, batch: int, special_tokens: dict[str, int], options: DecodingOptions) -> None:
-        self.eos, self.pad = special_tokens["eos"], special_tokens["pad"]
-        self.min_new_tokens = options.min_new_tokens
-        self.last = np.full(batch, special_tokens["decoder_start"], dtype=np.int64)
-        self.finished = np.zeros(batch, dtype=bool)
-        self.scores = np.zeros(batch, dtype=np.float64)
-        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+    A finished row stops costing work: it leaves the batch.
+    """
+
+    def __init__(
+        self,
+        source_lengths: Sequence[int],
+        special_tokens: dict[str, int],
+        options: DecodingOptions,
+        banned: tuple[int, ...] = (),
+    ) -> None:
+        self.options, self.banned, self.lengths = options, banned, list(source_lengths)
+        self.eos = special_tokens["eos"]
+        copies = options.nbest if options.sample else 1
+        self.rows = [
+            _Row(s, [], 0.0, [] if options.return_alignments else None)
+            for s in range(len(source_lengths))
+            for _ in range(copies)
+        ]
+        self.active = np.arange(len(self.rows))  # row index of each batch row
+        self.history = np.full((len(self.rows), 1), special_tokens["decoder_start"], dtype=np.int64)
+        seed = options.seed
+        self.generators = [np.random.default_rng(None if seed is None else [seed, i]) for i in range(len(self.rows))]
+        self._emitted: list[tuple[int, int]] = []
+
+    def start_rows(self) -> np.ndarray:
+        return np.array([r.source for r in self.rows], dtype=np.int64)
 
     def last_tokens(self) -> np.ndarray:
-        return self.last
+        return self.history[:, -1]
 
-    def update(self, logits: np.ndarray, step: int) -> None:
-        logprobs = log_softmax(logits)  # (B, V)
-        if step < self.min_new_tokens:
-            logprobs[:, self.eos] = -np.inf
-        chosen = logprobs.argmax(axis=-1)  # (B,)
+    def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
+        scores = process(logits.astype(np.float32, copy=True), self.history, step, self.options, self.eos, self.banned)
+        logprobs = log_softmax(scores)  # (rows, V)
+        if self.options.sample:
+            chosen = sample(warp(scores, self.options), [self.generators[i] for i in self.active])
+        else:
+            chosen = logprobs.argmax(axis=-1)
         gained = logprobs[np.arange(len(chosen)), chosen]
-        chosen = np.where(self.finished, self.pad, chosen)
-        self.scores += np.where(self.finished, 0.0, gained)
-        for row in np.flatnonzero(~self.finished):
-            if chosen[row] != self.eos:
-                self.tokens[row].append(int(chosen[row]))
-        self.finished |= chosen == self.eos
-        self.last = chosen.astype(np.int64)
+        self._emitted = []
+        for b, i in enumerate(self.active):
+            row = self.rows[i]
+            row.score += float(gained[b])
+            if row.alignment is not None and alignment is not None:
+                row.alignment.append(alignment[b, : self.lengths[row.source]].copy())
+            if chosen[b] != self.eos:
+                row.tokens.append(int(chosen[b]))
+                self._emitted.append((row.source, int(chosen[b])))
+        self.history = np.concatenate([self.history, chosen[:, None].astype(np.int64)], axis=1)
+        finished = chosen == self.eos
+        if not finished.any():
+            return None
+        keep = np.flatnonzero(~finished)
+        self.active, self.history = self.active[keep], self.history[keep]
+        return keep
+
+    def emitted(self) -> list[tuple[int, int]]:
+        return self._emitted
 
     def done(self) -> bool:
-        return bool(self.finished.all())
+        return len(self.active) == 0
 
     def finalize(self) -> list[list[Hypothesis]]:
-        return [[Hypothesis(tuple(t), float(s))] for t, s in zip(self.tokens, self.scores)]
+        out: list[list[Hypothesis]] = [[] for _ in self.lengths]
+        for row in self.rows:
+            align = np.array(row.alignment) if row.alignment else None
+            out[row.source].append(Hypothesis(tuple(row.tokens), row.score, align))
+        return [sorted(h, key=lambda x: -x.score) for h in out]
 
 
-def make_strategy(options: DecodingOptions, batch: int, special_tokens: dict[str, int]) -> Strategy:
-    """The strategy that `options` asks for."""
-    return Greedy(batch, special_tokens, options)
+class BeamSearch:
+    """Beam search with Hugging Face's semantics: 2 * beam candidates per source and step, </s> among the
+    top `beam` candidates closes a hypothesis, length penalty, early stopping or the attainable-score
+    heuristic. A source whose search is done leaves the batch."""
+
+    def __init__(
+        self,
+        source_lengths: Sequence[int],
+        special_tokens: dict[str, int],
+        options: DecodingOptions,
+        banned: tuple[int, ...] = (),
+    ) -> None:
+        self.options, self.banned, self.lengths = options, banned, list(source_lengths)
+        self.k, self.eos = options.beam_size, special_tokens["eos"]
+        n = len(source_lengths)
+        self.sources = np.arange(n)  # sources still searching, in batch order; each has k rows
+        self.history = np.full((n * self.k, 1), special_tokens["decoder_start"], dtype=np.int64)
+        self.beam_scores = np.zeros((n, self.k), dtype=np.float64)
+        self.beam_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand
+        self.align: np.ndarray | None = None  # (rows, t, src_len) when alignments are asked for
+        self.finished: list[list[tuple[float, tuple[int, ...], np.ndarray | None]]] = [[] for _ in range(n)]
+
+    def start_rows(self) -> np.ndarray:
+        return np.repeat(self.sources, self.k)
+
+    def last_tokens(self) -> np.ndarray:
+        return self.history[:, -1]
+
+    def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
+        k, length = self.k, step + 1  # tokens generated once this step's token is appended
+        logprobs = process(log_softmax(logits), self.history, step, self.options, self.eos, self.banned)
+        vocab = logprobs.shape[-1]
+        flat = (logprobs + self.beam_scores.reshape(-1, 1)).reshape(len(self.sources), k * vocab)  # (n, k*V)
+        top = np.argpartition(-flat, 2 * k - 1, axis=-1)[:, : 2 * k]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(flat, top, -1), axis=-1, kind="stable"), -1)
+        if self.options.return_alignments and alignment is not None:
+            step_align = alignment[:, None, :]
+            self.align = step_align if self.align is None else np.concatenate([self.align, step_align], axis=1)
+        keep, tokens, scores, still = [], [], [], []
+        for i, source in enumerate(self.sources):
+            chosen = []
+            for rank, j in enumerate(top[i]):
+                beam, token = divmod(int(j), vocab)
+                row = i * k + beam
+                if token == self.eos:
+                    if rank < k:
+                        self._add(source, float(flat[i, j]) / length**self.options.length_penalty, row)
+                else:
+                    chosen.append((row, token, float(flat[i, j])))
+                if len(chosen) == k:
+                    break
+            if self._is_done(source, float(flat[i, top[i][0]]), length):
+                continue
+            still.append(source)
+            for row, token, score in chosen:
+                keep.append(row)
+                tokens.append(token)
+                scores.append(score)
+        keep = np.array(keep, dtype=np.int64)
+        self.history = np.concatenate([self.history[keep], np.array(tokens, dtype=np.int64)[:, None]], axis=1)
+        self.beam_scores = np.array(scores, dtype=np.float64).reshape(len(still), k)
+        self.sources = np.array(still, dtype=np.int64)
+        if self.align is not None:
+            self.align = self.align[keep]
+        return keep
+
+    def _add(self, source: int, score: float, row: int) -> None:
+        """Close a hypothesis; a source keeps its `beam` best."""
+        hyps = self.finished[source]
+        if len(hyps) == self.k and score <= min(h[0] for h in hyps):
+            return
+        align = None if self.align is None else self.align[row, :, : self.lengths[source]].copy()
+        hyps.append((score, tuple(int(t) for t in self.history[row, 1:]), align))
+        if len(hyps) > self.k:
+            hyps.remove(min(hyps, key=lambda h: h[0]))
+
+    def _is_done(self, source: int, best_sum: float, length: int) -> bool:
+        hyps = self.finished[source]
+        if len(hyps) < self.k:
+            return False
+        if self.options.early_stopping:
+            return True
+        return min(h[0] for h in hyps) >= best_sum / length**self.options.length_penalty
+
+    def emitted(self) -> list[tuple[int, int]]:
+        return []
+
+    def done(self) -> bool:
+        return len(self.sources) == 0
+
+    def finalize(self) -> list[list[Hypothesis]]:
+        length = self.history.shape[1] - 1
+        for i, source in enumerate(self.sources):  # the search ran out of steps: running beams count too
+            for beam in range(self.k):
+                score = self.beam_scores[i, beam] / length**self.options.length_penalty
+                self._add(int(source), float(score), i * self.k + beam)
+        out = []
+        for hyps in self.finished:
+            best = sorted(hyps, key=lambda h: -h[0])[: self.options.nbest]
+            out.append([Hypothesis(tokens, score, align) for score, tokens, align in best])
+        return out
+
+
+def make_strategy(
+    options: DecodingOptions,
+    source_lengths: Sequence[int],
+    special_tokens: dict[str, int],
+    banned: tuple[int, ...] = (),
+) -> Strategy:
+    """The strategy that `options` asks for: beam search for beam_size > 1, else greedy or sampling."""
+    cls = BeamSearch if options.beam_size > 1 else TokenByToken
+    return cls(source_lengths, special_tokens, options, banned)

@@ -1,0 +1,72 @@
+"""Logits processing shared by the strategies: penalties and bans (Hugging Face semantics), and sampling.
+
+`history` is each row's decoder input so far, starting with the decoder start token, as HF's input_ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseq.runtime.options import DecodingOptions
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """(rows, V) -> (rows, V) log-probabilities, in float32."""
+    x = x.astype(np.float32, copy=False)
+    m = x.max(axis=-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+
+
+def process(
+    scores: np.ndarray, history: np.ndarray, step: int, options: DecodingOptions, eos: int, banned: tuple[int, ...] = ()
+) -> np.ndarray:
+    """Apply repetition penalty, no-repeat n-grams, banned tokens and the minimum length, in place.
+
+    scores (rows, V) float32; history (rows, t) int64.
+    """
+    rows = np.arange(scores.shape[0])
+    if options.repetition_penalty != 1.0:
+        for r in rows:
+            seen = np.unique(history[r])
+            s = scores[r, seen]
+            scores[r, seen] = np.where(s < 0, s * options.repetition_penalty, s / options.repetition_penalty)
+    n = options.no_repeat_ngram
+    if n and history.shape[1] >= n:
+        for r in rows:
+            for token in _banned_ngram_tokens(history[r], n):
+                scores[r, token] = -np.inf
+    if banned:
+        scores[:, list(banned)] = -np.inf
+    if step < options.min_new_tokens:
+        scores[:, eos] = -np.inf
+    return scores
+
+
+def _banned_ngram_tokens(seq: np.ndarray, n: int) -> list[int]:
+    """Tokens that would complete an n-gram that already occurs in `seq`."""
+    prefix = tuple(seq[len(seq) - n + 1 :].tolist()) if n > 1 else ()
+    return [int(seq[i + n - 1]) for i in range(len(seq) - n + 1) if tuple(seq[i : i + n - 1].tolist()) == prefix]
+
+
+def warp(logits: np.ndarray, options: DecodingOptions) -> np.ndarray:
+    """Temperature, then top-k, then top-p (HF's order): (rows, V) logits -> warped logits (-inf = removed)."""
+    x = logits / np.float32(options.temperature)
+    if options.top_k and options.top_k < x.shape[-1]:
+        kth = np.partition(x, -options.top_k, axis=-1)[:, -options.top_k][:, None]
+        x = np.where(x < kth, -np.inf, x)
+    if options.top_p < 1.0:
+        order = np.argsort(-x, axis=-1, kind="stable")
+        probs = np.exp(log_softmax(np.take_along_axis(x, order, axis=-1)))
+        before = np.cumsum(probs, axis=-1) - probs  # probability mass of the tokens ranked above
+        drop = before >= options.top_p  # the top token always stays
+        np.put_along_axis(x, order, np.where(drop, -np.inf, np.take_along_axis(x, order, axis=-1)), axis=-1)
+    return x
+
+
+def sample(logits: np.ndarray, generators: list[np.random.Generator]) -> np.ndarray:
+    """One token per row from softmax(logits), drawing from each row's own generator: (rows,) int64."""
+    probs = np.exp(log_softmax(logits)).astype(np.float64)
+    cdf = np.cumsum(probs, axis=-1)
+    u = np.array([g.random() for g in generators]) * cdf[:, -1]
+    chosen = (cdf < u[:, None]).sum(axis=-1)
+    return np.minimum(chosen, logits.shape[-1] - 1).astype(np.int64)
