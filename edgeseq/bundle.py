@@ -116,6 +116,8 @@ class Manifest:
     max_new_tokens: int  # the default generation limit
     max_target_length: int | None = None  # most tokens the decoder can take (positions); None: no limit
     files: dict[str, str] = field(default_factory=dict)  # other files of the bundle (weights, vocab) -> sha256
+    generation: dict[str, Any] = field(default_factory=dict)  # default DecodingOptions fields
+    banned_tokens: tuple[int, ...] = ()  # target ids never generated (e.g. <pad>)
     provenance: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -135,6 +137,8 @@ class Manifest:
             "max_new_tokens": self.max_new_tokens,
             "max_target_length": self.max_target_length,
             "files": dict(self.files),
+            "generation": dict(self.generation),
+            "banned_tokens": list(self.banned_tokens),
             "provenance": self.provenance,
             "parity": self.parity,
         }
@@ -220,6 +224,8 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         max_new_tokens=r.get(data, "max_new_tokens", int, 0),
         max_target_length=r.get(data, "max_target_length", (int, type(None)), None),
         files=_files(r, r.get(data, "files", (dict, type(None)), None) or {}),
+        generation=r.get(data, "generation", (dict, type(None)), None) or {},
+        banned_tokens=tuple(r.get(data, "banned_tokens", (list, type(None)), None) or ()),
         provenance=r.get(data, "provenance", dict, {}),
         parity=r.get(data, "parity", dict, {}),
     )
@@ -269,6 +275,9 @@ def _check_references(m: Manifest, where: str) -> None:
             )
         if s.init_from and s.init_from not in produced:
             problems.append(f"decoder.states[{i}].init.from {s.init_from!r} is not an output of encoder or attention")
+    for t in m.banned_tokens:
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < m.target_vocab_size:
+            problems.append(f"banned_tokens: {t!r} is not a target token id (0..{m.target_vocab_size - 1})")
     for name, value in m.special_tokens.items():
         if isinstance(value, int) and not 0 <= value < m.target_vocab_size and name != "unk":
             problems.append(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from edgeseq.errors import EdgeseqError
 
@@ -51,22 +52,59 @@ def export(checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: i
     click.echo(f"wrote {path}")
 
 
+# Decoding flags mirror DecodingOptions one to one; a flag left out keeps the bundle's default.
+DECODING_FLAGS = {
+    "max_new_tokens": click.option("--max-new-tokens", type=int, help="Stop after this many tokens."),
+    "min_new_tokens": click.option("--min-new-tokens", type=int, help="Forbid </s> before this many tokens."),
+    "beam_size": click.option("--beam", "beam_size", type=int, help="Beam size (1: greedy)."),
+    "length_penalty": click.option("--length-penalty", type=float, help="Beam: score / length ** this."),
+    "early_stopping": click.option(
+        "--early-stopping/--no-early-stopping",
+        default=None,
+        help="Beam: stop a source once it has beam-size finished hypotheses.",
+    ),
+    "nbest": click.option("--nbest", type=int, help="Hypotheses returned per source."),
+    "sample": click.option("--sample/--no-sample", default=None, help="Sample instead of taking the argmax."),
+    "temperature": click.option("--temperature", type=float, help="Sampling temperature."),
+    "top_k": click.option("--top-k", type=int, help="Sampling: keep the k most likely tokens (0: all)."),
+    "top_p": click.option("--top-p", type=float, help="Sampling: nucleus probability mass, in (0, 1]."),
+    "seed": click.option("--seed", type=int, help="Sampling: random seed, for reproducible output."),
+    "repetition_penalty": click.option("--repetition-penalty", type=float, help="> 1 discourages repeats."),
+    "no_repeat_ngram": click.option("--no-repeat-ngram", type=int, help="Never repeat an n-gram of this size."),
+    "return_alignments": click.option(
+        "--alignments",
+        "return_alignments",
+        is_flag=True,
+        default=None,
+        help="Include attention alignments in --json output.",
+    ),
+}
+
+
+def decoding_flags(f):
+    for option in reversed(DECODING_FLAGS.values()):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.argument("bundle")
 @click.argument("texts", nargs=-1)
 @click.option("--input", "input_file", help="Read sources from this file, one per line.")
-@click.option("--max-new-tokens", type=int, help="Stop after this many tokens (default: the bundle's).")
+@decoding_flags
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per source.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list with one object per source.")
+@click.option("--stream", is_flag=True, help="Print tokens as they are decided (with --json: one event per line).")
 def generate(
     bundle: str,
     texts: tuple[str, ...],
     input_file: str | None,
-    max_new_tokens: int | None,
     provider: str,
     threads: int | None,
     as_json: bool,
+    stream: bool,
+    **flags,
 ) -> None:
     """Translate TEXTS (or --input FILE) with BUNDLE; one output line per source."""
     from edgeseq.runtime import Generator
@@ -82,22 +120,40 @@ def generate(
     if not sources:
         raise EdgeseqError("no sources: pass text arguments or --input FILE")
     gen = Generator(bundle, provider=provider, threads=threads)
-    options = gen.options if max_new_tokens is None else gen.options.replace(max_new_tokens=max_new_tokens)
+    options = gen.options.replace(**{k: v for k, v in flags.items() if v is not None})
+    if stream:
+        _stream(gen, sources, options, as_json)
+        return
     results = gen.generate(sources, options)
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {"source": s, "text": r.text, "tokens": list(r.tokens), "score": r.score}
-                    for s, r in zip(sources, results)
-                ],
-                ensure_ascii=False,
-                indent=2,
-            )
-        )
+        out = [{"source": s, "hypotheses": [_hypothesis_json(h) for h in r.nbest]} for s, r in zip(sources, results)]
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         for r in results:
-            click.echo(r.text)
+            click.echo(r.text if len(r.nbest) == 1 else "\t".join(h.text for h in r.nbest))
+
+
+def _hypothesis_json(h) -> dict:
+    d = {"text": h.text, "tokens": list(h.tokens), "score": h.score}
+    if h.alignment is not None:
+        d["alignment"] = np.round(h.alignment, 5).tolist()
+    return d
+
+
+def _stream(gen, sources: list[str], options, as_json: bool) -> None:
+    """One source after another, each token printed (and flushed) as soon as it is decided."""
+    for i, text in enumerate(sources):
+        pieces = []
+        for event in gen.stream([text], options):
+            pieces.append(event.piece)
+            if as_json:
+                click.echo(json.dumps({"source": i, "token": event.token, "piece": event.piece}, ensure_ascii=False))
+            else:
+                click.echo(event.piece, nl=False)
+            sys.stdout.flush()
+        click.echo(
+            json.dumps({"source": i, "done": True, "text": "".join(pieces)}, ensure_ascii=False) if as_json else ""
+        )
 
 
 @cli.command()

@@ -69,6 +69,14 @@ class Vocab:
             pieces.append(self.tokens[i])
         return ("" if self.level == "char" else " ").join(pieces)
 
+    def piece(self, token_id: int, first: bool) -> str:
+        """The text one token adds when streaming (a word after the first brings its leading space)."""
+        if token_id in (self.pad_id, self.bos_id, self.eos_id):
+            return ""
+        if not 0 <= token_id < len(self.tokens):
+            raise InputError(f"token id {token_id} is out of range for a vocabulary of {len(self.tokens)}")
+        return self.tokens[token_id] if self.level == "char" or first else " " + self.tokens[token_id]
+
     def to_json(self) -> dict:
         return {"level": self.level, "tokens": list(self.tokens)}
 

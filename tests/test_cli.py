@@ -54,8 +54,9 @@ def test_generate_text_file_and_json(checkpoint_and_bundle, tmp_path):
     assert r2.returncode == 0, r2.stderr
     data = json.loads(r2.stdout)
     assert [d["source"] for d in data] == ["abc", "hello world 42"]
-    assert [d["text"] for d in data] == r.stdout.splitlines()
-    assert all(isinstance(d["score"], float) and isinstance(d["tokens"], list) for d in data)
+    assert [d["hypotheses"][0]["text"] for d in data] == r.stdout.splitlines()
+    assert all(len(d["hypotheses"]) == 1 for d in data)
+    assert all(isinstance(h["score"], float) and isinstance(h["tokens"], list) for d in data for h in d["hypotheses"])
 
 
 def test_generate_user_errors(checkpoint_and_bundle, tmp_path):

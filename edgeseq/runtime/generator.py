@@ -1,17 +1,17 @@
-"""Generator: a loaded bundle on ONNX Runtime, text or ids in, hypotheses out."""
+"""Generator: a loaded bundle on ONNX Runtime; text or ids in, translations out (all at once or streamed)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from edgeseq.errors import InputError, OptionsError
+from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
 from edgeseq.runtime.bundle import Bundle, load_bundle
-from edgeseq.runtime.loop import decode
+from edgeseq.runtime.loop import Decoding, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, resolve_providers
@@ -54,12 +54,22 @@ class OrtBackend:
 
 @dataclass(frozen=True)
 class Translation:
-    """One source's result: the best text and tokens, its score, and every hypothesis returned."""
+    """One source's result: the best hypothesis as text, and all returned hypotheses (best first)."""
 
     text: str
     tokens: tuple[int, ...]
     score: float
-    hypotheses: tuple[Hypothesis, ...]
+    alignment: np.ndarray | None  # (generated tokens incl. </s>, source tokens), when asked for
+    nbest: tuple[Translation, ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamedToken:
+    """A token decided during streaming: which source, its id, and its text piece."""
+
+    source: int
+    token: int
+    piece: str
 
 
 class Generator:
@@ -74,8 +84,15 @@ class Generator:
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = OrtBackend(self.bundle, provider, threads)
+        self.options = options or self.default_options()
+
+    def default_options(self) -> DecodingOptions:
+        """The bundle's decoding defaults (its manifest's `generation`, and max_new_tokens)."""
         m = self.bundle.manifest
-        self.options = options or DecodingOptions(max_new_tokens=m.max_new_tokens)
+        try:
+            return DecodingOptions(**{"max_new_tokens": m.max_new_tokens, **m.generation})
+        except (TypeError, EdgeseqError) as e:
+            raise BundleError(f"{self.bundle.path}: invalid generation defaults in the manifest: {e}") from None
 
     def encode(self, text: str) -> list[int]:
         """Source text -> ids (with </s>), refusing text the model cannot take."""
@@ -87,14 +104,44 @@ class Generator:
         """Translate a batch of texts; results come back in input order."""
         if isinstance(texts, str):
             texts = [texts]
-        results = self.generate_ids([self.encode(t) for t in texts], options)
-        vocab = self.bundle.target_vocab
-        return [Translation(vocab.decode(h[0].tokens), h[0].tokens, h[0].score, tuple(h)) for h in results]
+        return [self._translation(h) for h in self.generate_ids([self.encode(t) for t in texts], options)]
 
     def generate_ids(
         self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None
     ) -> list[list[Hypothesis]]:
         """Decode source id lists (each ending in </s>); per source, its hypotheses best first."""
+        options = self._check(sources, options or self.options)
+        return decode(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
+
+    def stream(self, texts: str | Sequence[str], options: DecodingOptions | None = None) -> Iterator[StreamedToken]:
+        """Yield each token as soon as it is decided (greedy or sampling), with its text piece."""
+        if isinstance(texts, str):
+            texts = [texts]
+        options = options or self.options
+        if options.beam_size > 1:
+            raise OptionsError(
+                "streaming needs greedy decoding or sampling: beam search decides tokens only at the end"
+            )
+        sources = [self.encode(t) for t in texts]
+        options = self._check(sources, options)
+        decoding = Decoding(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
+        counts = [0] * len(sources)
+        vocab = self.bundle.target_vocab
+        for emitted in decoding.steps():
+            for source, token in emitted:
+                yield StreamedToken(source, token, vocab.piece(token, first=counts[source] == 0))
+                counts[source] += 1
+
+    def _translation(self, hyps: list[Hypothesis]) -> Translation:
+        vocab = self.bundle.target_vocab
+        nbest = tuple(Translation(vocab.decode(h.tokens), h.tokens, h.score, h.alignment) for h in hyps)
+        best = nbest[0]
+        return Translation(best.text, best.tokens, best.score, best.alignment, nbest)
+
+    def _banned(self) -> tuple[int, ...]:
+        return tuple(self.bundle.manifest.banned_tokens)
+
+    def _check(self, sources: Sequence[Sequence[int]], options: DecodingOptions) -> DecodingOptions:
         m = self.bundle.manifest
         for i, src in enumerate(sources):
             bad = [t for t in src if not 0 <= int(t) < m.source_vocab_size]
@@ -105,9 +152,10 @@ class Generator:
                     f"source {i} has {len(src)} tokens; this bundle takes at most {m.max_source_length} "
                     "(max_source_length): split the input"
                 )
-        options = options or self.options
         if m.max_target_length and options.max_new_tokens > m.max_target_length:
             raise OptionsError(
                 f"max_new_tokens {options.max_new_tokens} exceeds this model's {m.max_target_length} target positions"
             )
-        return decode(self.backend, m.decoder, sources, options)
+        if options.return_alignments and not m.decoder.alignment_output:
+            raise OptionsError(f"this {m.family} bundle's decoder step does not expose attention weights")
+        return options

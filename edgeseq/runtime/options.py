@@ -61,7 +61,7 @@ class DecodingOptions:
             p.append(f"beam_size must be >= 1, got {self.beam_size}")
         if self.nbest < 1:
             p.append(f"nbest must be >= 1, got {self.nbest}")
-        elif not self.sample and self.nbest > self.beam_size:
+        elif not self.sample and self.beam_size >= 1 and self.nbest > self.beam_size:
             p.append(
                 f"nbest ({self.nbest}) must not exceed beam_size ({self.beam_size}); use a larger beam or sampling"
             )
