@@ -27,13 +27,16 @@ def cli() -> None:
     "--max-new-tokens", type=int, help="The bundle's default generation limit (default: 64, or the model's positions)."
 )
 @click.option("--data", help="Source sentences (one per line) to check parity on, instead of random ones.")
-def export(checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: int | None, data: str | None) -> None:
+@click.option("--no-simplify", is_flag=True, help="Keep the graphs as traced (skip onnxsim).")
+def export(
+    checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: int | None, data: str | None, no_simplify: bool
+) -> None:
     """Export CHECKPOINT (a .safetensors file saved by edgeseq) to a bundle, checking parity."""
     from edgeseq.bundle import file_sha256
     from edgeseq.export import ExportOptions, export_model, load_checkpoint
     from edgeseq.runtime.sources import read_sources
 
-    options = ExportOptions(opset=opset, force=force, max_new_tokens=max_new_tokens)
+    options = ExportOptions(opset=opset, force=force, max_new_tokens=max_new_tokens, simplify=not no_simplify)
     if Path(out).exists() and not force:  # before the slow part
         raise EdgeseqError(f"{out} already exists: choose another --out, or pass --force to replace it")
     ckpt = load_checkpoint(checkpoint)

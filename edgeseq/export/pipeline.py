@@ -30,6 +30,7 @@ from edgeseq.errors import OptionsError, ParityError
 from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
 from edgeseq.export.parity import ParityReport, Thresholds, check_parity, sample_sources
 from edgeseq.export.rnn import RNNAdapter
+from edgeseq.export.simplify import simplify_graph
 from edgeseq.export.trace import ExportError, trace_graph
 from edgeseq.export.transformer import TransformerAdapter
 from edgeseq.export.weights import WEIGHTS_FILE, share_weights
@@ -57,6 +58,7 @@ class ExportOptions:
     max_new_tokens: int | None = None  # the bundle's default generation limit (None: 64, or fewer positions)
     max_source_length: int | None = None  # longest source the bundle accepts (None: the model's limit)
     check_parity: bool = True  # validate against PyTorch and refuse a bundle that fails
+    simplify: bool = True  # run onnxsim on each graph (a graph it fails on is kept as traced)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -118,14 +120,17 @@ def export_model(
     try:
         reference = TorchBackend(adapter)
         feeds = _example_feeds(reference, source_vocab)
+        simplified = {}
         for name, spec in specs.items():
             progress(f"tracing {name}")
             trace_graph(adapter, name, spec, feeds[name], tmp / spec.file, options.opset)
+            if options.simplify:
+                simplified[name] = simplify_graph(tmp / spec.file, spec)
         progress("sharing weights between graphs")
         sharing = share_weights(tmp, [spec.file for spec in specs.values()])
         source_vocab.save(tmp / "source_vocab.json")
         target_vocab.save(tmp / "target_vocab.json")
-        made_from = {**(made_from or {}), "weights": asdict(sharing)}
+        made_from = {**(made_from or {}), "weights": asdict(sharing), "simplify": simplified or None}
         manifest = _manifest(adapter, specs, tmp, source_vocab, target_vocab, options, made_from)
         manifest.save(tmp)
         report = None
@@ -224,7 +229,6 @@ def _manifest(
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "options": {k: v for k, v in asdict(options).items() if k != "thresholds"},
-            "simplify": None,
             "quantize": None,
             **made_from,
         },

@@ -60,12 +60,17 @@ def trace_graph(
             f"{names_in} and {names_out} (an input the computation never uses is dropped by tracing: "
             "remove it from the graph spec)"
         )
-    for value, t in zip([*model.graph.input, *model.graph.output], [*spec.inputs, *spec.outputs]):
-        _set_type(value, t)
+    set_declared_types(model, spec)
     model.doc_string = f"edgeseq {graph} graph"
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return model
+
+
+def set_declared_types(model: onnx.ModelProto, spec: GraphSpec) -> None:
+    """Give every graph input and output the dtype and (symbolic) shape its spec declares."""
+    for value, t in zip([*model.graph.input, *model.graph.output], [*spec.inputs, *spec.outputs]):
+        _set_type(value, t)
 
 
 def _set_type(value: onnx.ValueInfoProto, t: TensorSpec) -> None:
