@@ -161,28 +161,28 @@ def _stream(gen, sources: list[str], options, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("bundle")
-@click.option("--reference", required=True, help="The PyTorch checkpoint the bundle was exported from.")
-@click.option("--data", help="Source sentences to decode, one per line (default: random sources).")
+@click.option("--reference", required=True, help="The PyTorch checkpoint, or another bundle (e.g. the fp32 one).")
+@click.option("--data", help="Sources, one per line, optionally 'source<TAB>reference' (adds BLEU and chrF).")
 @click.option("--json", "json_out", help="Also write the report as JSON to this file ('-' for stdout).")
-@click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance on graph outputs.")
-@click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance on graph outputs.")
-@click.option("--min-exact-match", default=1.0, show_default=True, help="Required fraction of identical sequences.")
-def validate(
-    bundle: str,
-    reference: str,
-    data: str | None,
-    json_out: str | None,
-    atol: float,
-    rtol: float,
-    min_exact_match: float,
-) -> None:
-    """Check BUNDLE against PyTorch: graph outputs and greedy sequences. Exit 1 on a failed check."""
-    from edgeseq.export.parity import Thresholds
-    from edgeseq.export.validate import validate_bundle
-    from edgeseq.runtime.sources import read_sources
+@click.option("--atol", type=float, help="Graph outputs: absolute tolerance (default by precision).")
+@click.option("--rtol", type=float, help="Graph outputs: relative tolerance.")
+@click.option("--step-atol", type=float, help="Teacher-forced logits: absolute tolerance.")
+@click.option("--min-step-agreement", type=float, help="Required fraction of steps with the same argmax.")
+@click.option("--min-exact-match", type=float, help="Required fraction of identical sequences.")
+@click.option("--max-bleu-drop", type=float, help="With references: allowed BLEU drop.")
+@click.option("--no-record", is_flag=True, help="Do not write the result into the bundle's manifest.")
+def validate(bundle: str, reference: str, data: str | None, json_out: str | None, no_record: bool, **overrides) -> None:
+    """Check BUNDLE against its reference at graph, step and sequence level. Exit 1 on a failed check."""
+    from dataclasses import replace
 
-    texts = read_sources(data) if data else None
-    report = validate_bundle(bundle, reference, texts, Thresholds(atol, rtol, min_exact_match))
+    from edgeseq.export.parity import PRECISION_THRESHOLDS
+    from edgeseq.export.validate import precision_of, read_pairs, validate_bundle
+    from edgeseq.runtime import load_bundle
+
+    texts, references = read_pairs(data) if data else (None, None)
+    base = PRECISION_THRESHOLDS[precision_of(load_bundle(bundle, verify_checksums=False).manifest)]
+    thresholds = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    report = validate_bundle(bundle, reference, texts, references, thresholds, record=not no_record)
     if json_out == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -139,7 +139,12 @@ def export_model(
             sources = parity_sources or sample_sources(len(source_vocab), seed=0)
             backend = OrtBackend(load_bundle(tmp))
             report = check_parity(
-                reference, backend, sources, options.thresholds, DecodingOptions(max_new_tokens=options.max_new_tokens)
+                reference,
+                backend,
+                adapter.decoder_spec(),
+                sources,
+                options.thresholds,
+                DecodingOptions(max_new_tokens=options.max_new_tokens),
             )
             manifest.parity.update(reference="pytorch", **report.to_json())
             manifest.save(tmp)

@@ -1,47 +1,122 @@
-"""validate_bundle: a bundle against the PyTorch checkpoint it was made from."""
+"""validate_bundle: a bundle against a reference (the PyTorch checkpoint it came from, or another bundle)."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgeseq.errors import BundleError
+from edgeseq.bundle import MANIFEST, Manifest
+from edgeseq.errors import BundleError, InputError
 from edgeseq.export.adapter import TorchBackend
 from edgeseq.export.checkpoint import load_checkpoint
-from edgeseq.export.parity import ParityReport, Thresholds, check_parity, sample_sources
+from edgeseq.export.parity import PRECISION_THRESHOLDS, ParityReport, Thresholds, check_parity, sample_sources
 from edgeseq.export.pipeline import adapter_for
-from edgeseq.runtime.bundle import load_bundle
+from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.options import DecodingOptions
 
 
+def read_pairs(path: str | Path) -> tuple[list[str], list[str] | None]:
+    """Sources, one per line, each optionally followed by a tab and its reference translation."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+    if not lines:
+        raise InputError(f"{path} is empty: give one source per line (optionally: source<TAB>reference)")
+    rows = [line.split("\t") for line in lines]
+    for i, row in enumerate(rows, 1):
+        if not row[0].strip() or len(row) > 2:
+            raise InputError(f"{path}, line {i}: expected 'source' or 'source<TAB>reference'")
+    with_refs = [len(r) == 2 for r in rows]
+    if any(with_refs) and not all(with_refs):
+        raise InputError(f"{path}: give a reference on every line or on none")
+    return [r[0] for r in rows], ([r[1] for r in rows] if all(with_refs) else None)
+
+
+def precision_of(manifest: Manifest) -> str:
+    """'int8', 'fp16' or 'fp32': the lowest precision any graph of the bundle runs in."""
+    recipe = (manifest.provenance.get("quantize") or {}).get("recipe", {})
+    modes = set(recipe.values()) if isinstance(recipe, dict) else set()
+    if any("int8" in str(m) for m in modes):
+        return "int8"
+    return "fp16" if "fp16" in modes else "fp32"
+
+
+def _reference(path: Path, bundle: Bundle):
+    """A backend for the reference: a bundle directory, or an edgeseq checkpoint file."""
+    m = bundle.manifest
+    if (path / MANIFEST).is_file():
+        ref = load_bundle(path)
+        if ref.manifest.family != m.family or {k: (g.inputs, g.outputs) for k, g in ref.manifest.graphs.items()} != {
+            k: (g.inputs, g.outputs) for k, g in m.graphs.items()
+        }:
+            raise BundleError(f"{path} and {bundle.path} are not the same model: their graphs differ")
+        vocabs = ref.source_vocab, ref.target_vocab
+        backend = OrtBackend(ref)
+    else:
+        ckpt = load_checkpoint(path)
+        adapter = adapter_for(ckpt.model)
+        specs = adapter.graph_specs()
+        if adapter.family != m.family or set(specs) != set(m.graphs):
+            raise BundleError(
+                f"{path} is a {adapter.family} model with graphs {sorted(specs)}, "
+                f"but {bundle.path} is a {m.family} bundle with graphs {sorted(m.graphs)}"
+            )
+        for name, spec in specs.items():
+            if spec.inputs != m.graphs[name].inputs or spec.outputs != m.graphs[name].outputs:
+                raise BundleError(f"{path} does not match {bundle.path}: graph {name} has different inputs/outputs")
+        vocabs = ckpt.source_vocab, ckpt.target_vocab
+        backend = TorchBackend(adapter)
+    if vocabs != (bundle.source_vocab, bundle.target_vocab):
+        raise BundleError(f"{path} and {bundle.path} have different vocabularies")
+    return backend
+
+
 def validate_bundle(
     bundle_dir: str | Path,
-    checkpoint: str | Path,
+    reference: str | Path,
     texts: Sequence[str] | None = None,
-    thresholds: Thresholds = Thresholds(),
+    references: Sequence[str] | None = None,
+    thresholds: Thresholds | None = None,
     count: int = 16,
+    record: bool = True,
 ) -> ParityReport:
-    """Graph and greedy-sequence parity of a bundle against a checkpoint, on `texts` or random sources."""
+    """Graph, step and sequence parity of a bundle against `reference` (checkpoint file or bundle directory).
+
+    Thresholds default by the bundle's precision (fp32, fp16, int8). With `record`, the report is written
+    into the bundle's manifest.
+    """
     bundle = load_bundle(bundle_dir)
-    ckpt = load_checkpoint(checkpoint)
-    adapter = adapter_for(ckpt.model)
     m = bundle.manifest
-    specs = adapter.graph_specs()
-    if adapter.family != m.family or set(specs) != set(m.graphs):
-        raise BundleError(
-            f"{checkpoint} is a {adapter.family} model with graphs {sorted(specs)}, "
-            f"but {bundle_dir} is a {m.family} bundle with graphs {sorted(m.graphs)}"
-        )
-    for name, spec in specs.items():
-        if spec.inputs != m.graphs[name].inputs or spec.outputs != m.graphs[name].outputs:
-            raise BundleError(f"{checkpoint} does not match {bundle_dir}: graph {name} has different inputs/outputs")
-    if ckpt.source_vocab != bundle.source_vocab or ckpt.target_vocab != bundle.target_vocab:
-        raise BundleError(f"{checkpoint} and {bundle_dir} have different vocabularies")
+    ref = _reference(Path(reference), bundle)
+    thresholds = thresholds or PRECISION_THRESHOLDS[precision_of(m)]
     if texts:
         sources = [bundle.source_vocab.encode(t) for t in texts]
     else:
         sources = sample_sources(m.source_vocab_size, count=count, seed=1234)
-    return check_parity(
-        TorchBackend(adapter), OrtBackend(bundle), sources, thresholds, DecodingOptions(max_new_tokens=m.max_new_tokens)
+    report = check_parity(
+        ref,
+        OrtBackend(bundle),
+        m.decoder,
+        sources,
+        thresholds,
+        DecodingOptions(max_new_tokens=m.max_new_tokens),
+        references,
+        bundle.target_vocab.decode,
     )
+    if record:
+        record_parity(bundle.path, {"reference": str(reference), "precision": precision_of(m), **report.to_json()})
+    return report
+
+
+def record_parity(bundle_dir: Path, parity: dict) -> None:
+    """Replace the manifest's `parity` field (write to a temporary file, then rename over)."""
+    path = Path(bundle_dir) / MANIFEST
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["parity"] = parity
+    tmp = path.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

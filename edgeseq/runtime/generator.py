@@ -51,6 +51,10 @@ class OrtBackend:
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.sessions["decoder_step"].run(feeds)
 
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One graph by name (for parity checks)."""
+        return self.sessions[graph].run(feeds)
+
 
 @dataclass(frozen=True)
 class Translation:
