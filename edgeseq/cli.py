@@ -195,6 +195,71 @@ def validate(bundle: str, reference: str, data: str | None, json_out: str | None
 
 @cli.command()
 @click.argument("bundle")
+@click.option("--out", required=True, help="The new bundle (the input is never modified).")
+@click.option("--mode", help="fp32, dynamic-int8 (or int8), static-int8 or fp16, for every graph.")
+@click.option("--encoder", "enc", help="Mode of the encoder graph (overrides --mode).")
+@click.option("--attention", "att", help="Mode of the attention graph (overrides --mode).")
+@click.option("--decoder", "dec", help="Mode of the decoder-step graph (overrides --mode).")
+@click.option("--recipe", "recipe_file", help='JSON file: {"encoder": MODE, "attention": MODE, "decoder_step": MODE}.')
+@click.option("--calibration", help="Source sentences (one per line) for static-int8 calibration.")
+@click.option("--auto", is_flag=True, help="Try recipes; keep the smallest within --budget.")
+@click.option("--budget", default=0.5, show_default=True, help="--auto: allowed exact-match drop in points.")
+@click.option("--data", help="--auto: sources (optionally source<TAB>reference) to measure quality on.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+def quantize(
+    bundle: str,
+    out: str,
+    mode: str | None,
+    enc: str | None,
+    att: str | None,
+    dec: str | None,
+    recipe_file: str | None,
+    calibration: str | None,
+    auto: bool,
+    budget: float,
+    data: str | None,
+    force: bool,
+) -> None:
+    """Write a quantized copy of BUNDLE: int8 (dynamic or calibrated static) or fp16, per graph."""
+    from edgeseq.export.quantize import Recipe, quantize_bundle
+    from edgeseq.runtime.sources import read_sources
+
+    def note(msg: str) -> None:
+        click.echo(f"edgeseq: {msg}", err=True)
+
+    calib = read_sources(calibration) if calibration else None
+    if auto:
+        from edgeseq.export.auto import auto_quantize, trials_table
+        from edgeseq.export.validate import read_pairs
+
+        if not data and not calib:
+            raise EdgeseqError("--auto needs --data FILE (or --calibration FILE) to measure quality on")
+        texts, references = read_pairs(data) if data else (calib, None)
+        best, trials = auto_quantize(Path(bundle), Path(out), texts, references, budget, calib, force, progress=note)
+        click.echo(trials_table(trials, best))
+        if best is None:
+            raise EdgeseqError(f"no recipe stays within the budget of {budget} points; nothing written")
+        click.echo(f"wrote {out} ({best.recipe.name})")
+        return
+    if recipe_file and (mode or enc or att or dec):
+        raise EdgeseqError("give either --recipe FILE or --mode/--encoder/--attention/--decoder, not both")
+    if recipe_file:
+        recipe = Recipe.load(recipe_file)
+    elif mode or enc or att or dec:
+        recipe = Recipe(enc or mode or "fp32", att or mode or "fp32", dec or mode or "fp32")
+    else:
+        raise EdgeseqError(
+            "say how to quantize: --mode MODE, per-graph --encoder/--attention/--decoder, --recipe or --auto"
+        )
+    path = quantize_bundle(bundle, out, recipe, calib, force, progress=note)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    before = sum(f.stat().st_size for f in Path(bundle).iterdir())
+    click.echo(f"wrote {path} ({recipe.name}): {size / 1e6:.2f} MB, {size / before:.0%} of {before / 1e6:.2f} MB")
+    click.echo(f"check it: edgeseq validate {path} --reference {bundle} --data SOURCES")
+
+
+@cli.command()
+@click.argument("bundle")
 def info(bundle: str) -> None:
     """Print what BUNDLE holds: family, graphs and their I/O, tokens, provenance, parity."""
     from edgeseq.runtime import load_bundle

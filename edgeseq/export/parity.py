@@ -130,12 +130,12 @@ class ParityReport:
                 + (f", first divergence at step {min(div)}" if div else "")
                 + f"  {'ok' if s.ok else 'FAIL'}",
             ]
-        lines += ["", f"{'sequences':<32}{'exact match':>13}  first divergence"]
+        lines += ["", f"{'sequences':<36}{'exact match':>13}  first divergence"]
         for q in self.sequences:
             div = [d for d in q.first_divergence if d is not None]
             where = f"at token {min(div)}" if div else "-"
             count = f"{q.exact}/{q.sources}"
-            lines.append(f"{q.name:<32}{count:>6} {q.exact_match:>6.1%}  {where}  {'ok' if q.ok else 'FAIL'}")
+            lines.append(f"{q.name:<36}{count:>6} {q.exact_match:>6.1%}  {where}  {'ok' if q.ok else 'FAIL'}")
         if self.quality:
             q = self.quality
             lines += [

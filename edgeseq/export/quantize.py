@@ -1,0 +1,260 @@
+"""quantize_bundle: a bundle -> a new, smaller bundle (int8 or fp16 per graph). The input is never touched.
+
+Modes, per graph:
+- fp32: unchanged;
+- dynamic-int8: int8 weights, activations quantized at run time (MatMul/Gemm, embeddings, LSTM);
+- static-int8: calibrated QDQ int8, activation ranges from running the real decoding loop on calibration
+  sentences (every graph, the decoder step included);
+- fp16: fp16 weights and arithmetic, inputs and outputs kept fp32 (the runtime API does not change).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgeseq.bundle import Manifest, file_sha256
+from edgeseq.errors import OptionsError
+from edgeseq.export.trace import set_declared_types
+from edgeseq.export.weights import WEIGHTS_FILE, share_weights
+from edgeseq.runtime.bundle import Bundle, load_bundle
+from edgeseq.runtime.generator import OrtBackend
+from edgeseq.runtime.loop import decode
+from edgeseq.runtime.options import DecodingOptions
+
+MODES = ("fp32", "dynamic-int8", "static-int8", "fp16")
+ALIASES = {"int8": "dynamic-int8", "float32": "fp32", "float16": "fp16"}
+DYNAMIC_OPS = ["MatMul", "Gemm", "Gather", "LSTM", "Attention"]
+STATIC_OPS = ["MatMul", "Gemm", "Gather"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The mode of each graph."""
+
+    encoder: str = "fp32"
+    attention: str = "fp32"
+    decoder_step: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            mode = ALIASES.get(getattr(self, f.name), getattr(self, f.name))
+            if mode not in MODES:
+                raise OptionsError(
+                    f"{f.name}: unknown mode {getattr(self, f.name)!r}: choose one of {', '.join(MODES)}"
+                )
+            object.__setattr__(self, f.name, mode)
+
+    @classmethod
+    def uniform(cls, mode: str) -> Recipe:
+        return cls(mode, mode, mode)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """A JSON file such as {"encoder": "dynamic-int8", "decoder_step": "fp32"}."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise OptionsError(f"cannot read recipe {path}: {e}") from None
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - names:
+            raise OptionsError(f"{path}: a recipe maps graph names ({', '.join(sorted(names))}) to modes")
+        return cls(**data)
+
+    def mode(self, graph: str) -> str:
+        return getattr(self, graph)
+
+    @property
+    def name(self) -> str:
+        modes = {self.encoder, self.attention, self.decoder_step}
+        return modes.pop() if len(modes) == 1 else f"enc={self.encoder},att={self.attention},dec={self.decoder_step}"
+
+
+def capture_feeds(
+    bundle: Bundle, sources: Sequence[Sequence[int]], max_steps: int = 256, batch: int = 8
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The inputs each graph really receives while greedy-decoding `sources` (for static calibration)."""
+    backend = OrtBackend(bundle)
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in bundle.manifest.graphs}
+
+    class Recording:
+        graphs, step_graph, special_tokens = backend.graphs, backend.step_graph, backend.special_tokens
+
+        def context(self, f):
+            feeds["encoder"].append(_pick(bundle, "encoder", f))
+            out = backend.context(f)
+            if "attention" in feeds:
+                feeds["attention"].append(_pick(bundle, "attention", {**f, **out}))
+            return out
+
+        def step(self, f):
+            if len(feeds["decoder_step"]) < max_steps:
+                feeds["decoder_step"].append(_pick(bundle, "decoder_step", f))
+            return backend.step(f)
+
+    options = DecodingOptions(max_new_tokens=bundle.manifest.max_new_tokens)
+    for i in range(0, len(sources), batch):
+        decode(Recording(), bundle.manifest.decoder, sources[i : i + batch], options)
+    return feeds
+
+
+def _pick(bundle: Bundle, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {t.name: np.array(feeds[t.name]) for t in bundle.manifest.graphs[graph].inputs}
+
+
+def quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: list[dict] | None) -> None:
+    """Write `model` quantized in `mode` to `path`."""
+    root = logging.getLogger()  # onnxruntime.quantization logs advice through the root logger
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        _quantize_graph(model, mode, path, calibration)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: list[dict] | None) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode == "dynamic-int8":
+        quantize_dynamic(
+            model,
+            str(path),
+            op_types_to_quantize=DYNAMIC_OPS,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    elif mode == "static-int8":
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter(calibration or [])
+
+            def get_next(self):
+                return next(self.items, None)
+
+        quantize_static(
+            model,
+            str(path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=STATIC_OPS,
+            per_channel=False,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    elif mode == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        half = convert_float_to_float16(model, keep_io_types=True)
+        _topological_sort(half.graph)  # the converter appends its input casts after their consumers
+        onnx.save(half, str(path))
+    else:
+        onnx.save(model, str(path))
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so that every node comes after the producers of its inputs."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = [n for n in pending if not set(n.input) <= ready]
+        done = [n for n in pending if set(n.input) <= ready]
+        if not done:
+            raise OptionsError(f"graph {graph.name}: cycle or missing input among {[n.name for n in rest][:5]}")
+        for n in done:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def quantize_bundle(
+    src: str | Path,
+    out: str | Path,
+    recipe: Recipe,
+    calibration: Sequence[str] | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> Path:
+    """Write a quantized copy of bundle `src` at `out` (built beside it, moved into place when whole)."""
+    src, out = Path(src), Path(out)
+    bundle = load_bundle(src)
+    if out.resolve() == src.resolve():
+        raise OptionsError(f"--out {out} is the input bundle: quantizing never overwrites its input")
+    if out.exists() and not force:
+        raise OptionsError(f"{out} already exists: choose another --out, or pass --force to replace it")
+    static = [g for g in bundle.manifest.graphs if recipe.mode(g) == "static-int8"]
+    if static and not calibration:
+        raise OptionsError("static-int8 needs --calibration FILE: source sentences to measure activations on")
+    feeds = {}
+    if static:
+        progress(f"capturing calibration inputs from {len(calibration)} sentences")
+        feeds = capture_feeds(bundle, [bundle.source_vocab.encode(t) for t in calibration])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        sizes = {}
+        for name, spec in bundle.manifest.graphs.items():
+            mode = recipe.mode(name)
+            progress(f"{name}: {mode}")
+            quantize_graph(onnx.load(str(src / spec.file)), mode, tmp / spec.file, feeds.get(name))
+            model = onnx.load(str(tmp / spec.file))
+            set_declared_types(model, spec)
+            onnx.save(model, str(tmp / spec.file))
+            sizes[name] = model.ByteSize()
+        for f in (bundle.manifest.tokenizer["source"], bundle.manifest.tokenizer["target"]):
+            shutil.copyfile(src / f, tmp / f)
+        sharing = share_weights(tmp, [g.file for g in bundle.manifest.graphs.values()])
+        _manifest(bundle.manifest, tmp, recipe, src, sizes, asdict(sharing)).save(tmp)
+        load_bundle(tmp)  # the new bundle must open cleanly before it takes the target name
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _manifest(m: Manifest, bundle: Path, recipe: Recipe, src: Path, sizes: dict, sharing: dict) -> Manifest:
+    graphs = {k: type(g)(g.file, g.inputs, g.outputs, file_sha256(bundle / g.file)) for k, g in m.graphs.items()}
+    files = {f: file_sha256(bundle / f) for f in m.files if (bundle / f).exists()}
+    quantize: dict[str, Any] = {
+        "recipe": asdict(recipe),
+        "source_bundle": src.name,
+        "graph_bytes": sizes,
+        "weights": sharing,
+    }
+    return Manifest(
+        **{
+            **{f.name: getattr(m, f.name) for f in fields(m)},
+            "graphs": graphs,
+            "files": files,
+            "provenance": {**m.provenance, "quantize": quantize},
+            "parity": {},
+        }
+    )
+
+
+__all__ = ["MODES", "Recipe", "capture_feeds", "quantize_bundle", "quantize_graph", "WEIGHTS_FILE"]

@@ -1,0 +1,196 @@
+"""Simplify, quantize and the parity harness: smaller bundles that still answer like the original."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgeseq.bundle import MANIFEST, file_sha256
+from edgeseq.errors import OptionsError
+from edgeseq.export import ExportOptions, export_model, save_checkpoint
+from edgeseq.export.quantize import Recipe, quantize_bundle
+from edgeseq.export.validate import validate_bundle
+from edgeseq.models import TransformerConfig, TransformerSeq2Seq
+from edgeseq.runtime import DecodingOptions, Generator
+from edgeseq.vocab import SPECIALS, Vocab
+from tests.conftest import mixed_sources, tiny_rnn
+
+MODES = ["dynamic-int8", "static-int8", "fp16"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgeseq", *map(str, args)], capture_output=True, text=True)
+
+
+def tree_digest(path):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory):
+    """A Transformer large enough that weights, not graph structure, dominate the bundle (~5 MB)."""
+    torch.manual_seed(0)
+    vocab = Vocab(SPECIALS + tuple(f"w{i}" for i in range(996)), level="word")
+    cfg = TransformerConfig(
+        1000, 1000, d_model=128, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=512, max_positions=64
+    )
+    model = TransformerSeq2Seq(cfg).eval()
+    with torch.no_grad():
+        model.tgt_emb.weight.mul_(3.0)
+    root = tmp_path_factory.mktemp("medium")
+    export_model(model, root / "fp32", source_vocab=vocab, target_vocab=vocab, options=ExportOptions(max_new_tokens=12))
+    save_checkpoint(root / "model.safetensors", model, vocab, vocab)
+    calibration = [" ".join(f"w{i}" for i in np.random.default_rng(s).integers(0, 996, 8)) for s in range(16)]
+    return root, calibration
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_quantized_bundles_run_through_the_same_runtime(medium, mode):
+    root, calibration = medium
+    before = tree_digest(root / "fp32")
+    out = quantize_bundle(root / "fp32", root / mode, Recipe.uniform(mode), calibration, force=True)
+    assert tree_digest(root / "fp32") == before  # the input bundle is byte-identical afterwards
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["provenance"]["quantize"]["recipe"] == {"encoder": mode, "attention": mode, "decoder_step": mode}
+    fp32, quantized = Generator(root / "fp32"), Generator(out)
+    texts = calibration[:6]
+    agree = sum(a.tokens == b.tokens for a, b in zip(fp32.generate(texts), quantized.generate(texts)))
+    assert agree >= 5, f"{mode}: only {agree}/6 sentences match fp32"
+    assert quantized.generate(texts, DecodingOptions(beam_size=3, max_new_tokens=8))  # every strategy still runs
+    ratio = sum(f.stat().st_size for f in out.iterdir()) / sum(f.stat().st_size for f in (root / "fp32").iterdir())
+    assert ratio <= {"dynamic-int8": 0.35, "static-int8": 0.40, "fp16": 0.55}[mode], ratio
+
+
+def test_quantized_bundle_validates_against_fp32_with_int8_thresholds(medium):
+    root, calibration = medium
+    out = quantize_bundle(root / "fp32", root / "int8-validate", Recipe.uniform("dynamic-int8"), force=True)
+    report = validate_bundle(out, root / "fp32", texts=calibration)
+    assert report.ok, report.table()
+    assert report.thresholds.atol is None and report.steps.agreement >= 0.95
+    recorded = json.loads((out / MANIFEST).read_text())["parity"]
+    assert recorded["precision"] == "int8" and recorded["ok"] is True
+    Generator(out)  # recording parity leaves a loadable bundle (the manifest is not checksummed)
+
+
+def test_per_graph_recipe(medium, tmp_path):
+    root, _ = medium
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps({"encoder": "int8", "decoder_step": "fp32"}))
+    r = run_cli("quantize", root / "fp32", "--out", tmp_path / "mixed", "--recipe", recipe_file)
+    assert r.returncode == 0, r.stderr
+    recipe = json.loads((tmp_path / "mixed" / MANIFEST).read_text())["provenance"]["quantize"]["recipe"]
+    assert recipe == {"encoder": "dynamic-int8", "attention": "fp32", "decoder_step": "fp32"}
+    r = run_cli("quantize", root / "fp32", "--out", tmp_path / "mixed2", "--mode", "int8", "--decoder", "fp16")
+    assert r.returncode == 0, r.stderr
+    recipe = json.loads((tmp_path / "mixed2" / MANIFEST).read_text())["provenance"]["quantize"]["recipe"]
+    assert recipe == {"encoder": "dynamic-int8", "attention": "dynamic-int8", "decoder_step": "fp16"}
+    assert Generator(tmp_path / "mixed2").generate(["w1 w2 w3"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "{src}", "--mode", "int8"], "is the input bundle: quantizing never overwrites its input"),
+        (["--out", "{tmp}/x", "--mode", "int9"], "unknown mode 'int9': choose one of fp32, dynamic-int8"),
+        (["--out", "{tmp}/x", "--mode", "static-int8"], "static-int8 needs --calibration FILE"),
+        (["--out", "{tmp}/x"], "say how to quantize"),
+        (["--out", "{src}2", "--mode", "int8"], "already exists: choose another --out, or pass --force"),
+    ],
+)
+def test_quantize_user_errors(bundle_factory, tmp_path, args, message):
+    src, *_ = bundle_factory()
+    shutil.copytree(src, f"{src}2", dirs_exist_ok=True)
+    r = run_cli("quantize", src, *[a.format(src=src, tmp=tmp_path) for a in args])
+    assert r.returncode in (1, 2) and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
+def test_rnn_lstm_is_quantized_dynamically(tmp_path):
+    model, sv, tv = tiny_rnn("lstm", "bahdanau", layers=1)
+    export_model(model, tmp_path / "fp32", source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=10))
+    out = quantize_bundle(tmp_path / "fp32", tmp_path / "int8", Recipe.uniform("dynamic-int8"))
+    ops = {n.op_type for g in ("encoder", "decoder_step") for n in onnx.load(str(out / f"{g}.onnx")).graph.node}
+    assert "DynamicQuantizeLSTM" in ops and "MatMulInteger" in ops
+    sources = mixed_sources(sv)
+    fp32 = Generator(tmp_path / "fp32").generate_ids(sources)
+    int8 = Generator(out).generate_ids(sources)
+    assert sum(a[0].tokens == b[0].tokens for a, b in zip(fp32, int8)) >= 5
+
+
+def test_simplify_is_recorded_and_can_be_skipped(tmp_path, monkeypatch):
+    model, sv, tv = tiny_rnn("gru", "luong-general")
+    export_model(model, tmp_path / "s", source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=8))
+    stats = json.loads((tmp_path / "s" / MANIFEST).read_text())["provenance"]["simplify"]
+    assert stats["encoder"]["simplified"] and stats["encoder"]["nodes_after"] < stats["encoder"]["nodes_before"]
+    export_model(
+        model, tmp_path / "n", source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=8, simplify=False)
+    )
+    assert json.loads((tmp_path / "n" / MANIFEST).read_text())["provenance"]["simplify"] is None
+
+    import onnxsim
+
+    def broken(model, *a, **k):
+        raise RuntimeError("simulated onnxsim failure")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    _, report = export_model(
+        model, tmp_path / "f", source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=8)
+    )
+    stats = json.loads((tmp_path / "f" / MANIFEST).read_text())["provenance"]["simplify"]
+    assert stats["decoder_step"] == {
+        **stats["decoder_step"],
+        "simplified": False,
+        "reason": "RuntimeError: simulated onnxsim failure",
+    }
+    assert report.ok  # the unsimplified graphs are exported and checked as usual
+
+
+def test_validate_catches_a_small_perturbation_at_step_level(medium, tmp_path):
+    """Nudge one weight of the decoder step's output projection; validation must fail and name the graph."""
+    root, calibration = medium
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "fp32", broken)
+    path = broken / "decoder_step.onnx"
+    model = onnx.load(str(path))
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    init = next(i for i in model.graph.initializer if i.name == gemm.input[2])  # the output bias, decoder-only
+    b = numpy_helper.to_array(init).copy()
+    b[5] += 0.01
+    init.CopyFrom(numpy_helper.from_array(b, init.name))
+    onnx.save(model, str(path))
+    data = json.loads((broken / MANIFEST).read_text())
+    data["graphs"]["decoder_step"]["sha256"] = file_sha256(path)
+    (broken / MANIFEST).write_text(json.dumps(data))
+    report = validate_bundle(broken, root / "model.safetensors", texts=calibration)
+    assert not report.ok and not report.steps.ok
+    assert report.steps.graphs_off == ["decoder_step"]
+    assert "step: logits max abs error" in "; ".join(report.failures())
+    assert {c.graph for c in report.outputs if not c.ok} == {"decoder_step"}
+    r = run_cli("validate", broken, "--reference", root / "model.safetensors", "--no-record")
+    assert r.returncode == 1 and "graphs off: decoder_step" in r.stdout
+
+
+def test_auto_keeps_the_smallest_recipe_within_budget(medium, tmp_path):
+    root, calibration = medium
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(calibration) + "\n")
+    r = run_cli("quantize", root / "fp32", "--out", tmp_path / "auto", "--auto", "--budget", "20", "--data", data)
+    assert r.returncode == 0, r.stderr
+    assert "<- kept" in r.stdout and "dynamic-int8" in r.stdout and "fp16" in r.stdout
+    assert Generator(tmp_path / "auto").generate(calibration[:2])
+    r = run_cli("quantize", root / "fp32", "--out", tmp_path / "auto2", "--auto", "--budget", "-1", "--data", data)
+    assert r.returncode == 1 and "no recipe stays within the budget" in r.stderr
+    assert not (tmp_path / "auto2").exists()
+
+
+def test_recipe_refuses_unknown_graphs(tmp_path):
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"decoder": "int8"}))
+    with pytest.raises(OptionsError, match="a recipe maps graph names"):
+        Recipe.load(f)
