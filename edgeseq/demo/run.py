@@ -120,6 +120,7 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> 
 
 
 def _model(o: DemoOptions, src_vocab: int, tgt_vocab: int) -> tuple[torch.nn.Module, str, TrainOptions]:
+    torch.manual_seed(0)  # the same weights every run
     if o.arch == "transformer":
         cfg = TransformerConfig(
             src_vocab,
