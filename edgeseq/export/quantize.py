@@ -35,6 +35,7 @@ MODES = ("fp32", "dynamic-int8", "static-int8", "fp16")
 ALIASES = {"int8": "dynamic-int8", "float32": "fp32", "float16": "fp16"}
 DYNAMIC_OPS = ["MatMul", "Gemm", "Gather", "LSTM", "Attention"]
 STATIC_OPS = ["MatMul", "Gemm", "Gather"]
+FP16_UNSAFE = ["ReduceSum", "ReduceMean", "Pow", "Sqrt", "Exp", "Log", "CumSum"]  # overflow/precision: kept fp32
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,9 @@ def _quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: 
             extra_options={"MatMulConstBOnly": True},
         )
     elif mode == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        half = convert_float_to_float16(model, keep_io_types=True)
+        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_UNSAFE)
         _topological_sort(half.graph)  # the converter appends its input casts after their consumers
         onnx.save(half, str(path))
     else:
