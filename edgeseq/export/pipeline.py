@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -41,7 +41,49 @@ from edgeseq.runtime.bundle import load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.loop import initial_state
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.tokenizer import tokenizer_files
 from edgeseq.vocab import Vocab
+
+
+class TokenizerExport(Protocol):
+    """What export needs from a tokenizer: its sizes, and writing its files (returns the manifest entry)."""
+
+    source_size: int
+    target_size: int
+    unk_id: int | None
+
+    def write(self, bundle: Path) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class VocabExport:
+    """edgeseq's own source and target vocabularies."""
+
+    source: Vocab
+    target: Vocab
+
+    @property
+    def source_size(self) -> int:
+        return len(self.source)
+
+    @property
+    def target_size(self) -> int:
+        return len(self.target)
+
+    @property
+    def unk_id(self) -> int:
+        return self.target.unk_id
+
+    def write(self, bundle: Path) -> dict[str, Any]:
+        self.source.save(bundle / "source_vocab.json")
+        self.target.save(bundle / "target_vocab.json")
+        return {
+            "type": "vocab",
+            "source": "source_vocab.json",
+            "target": "target_vocab.json",
+            "level": self.source.level,
+        }
+
 
 ADAPTERS: dict[type[nn.Module], Callable[[Any], Seq2SeqAdapter]] = {
     RNNSeq2Seq: RNNAdapter,
@@ -87,11 +129,14 @@ def export_model(
     model: nn.Module,
     out_dir: str | Path,
     *,
-    source_vocab: Vocab,
-    target_vocab: Vocab,
+    source_vocab: Vocab | None = None,
+    target_vocab: Vocab | None = None,
+    tokenizer: TokenizerExport | None = None,
     options: ExportOptions = ExportOptions(),
     parity_sources: Sequence[Sequence[int]] | None = None,
     made_from: dict[str, Any] | None = None,
+    generation: dict[str, Any] | None = None,
+    banned_tokens: Sequence[int] = (),
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[Path, ParityReport | None]:
     """Export `model` to a bundle at `out_dir`; returns the path and the parity report.
@@ -114,12 +159,16 @@ def export_model(
     problems = wiring_problems(specs, adapter.decoder_spec())
     if problems:
         raise ExportError(f"{type(adapter).__name__}: " + "; ".join(problems))
-    _check_vocab_sizes(adapter, specs, source_vocab, target_vocab)
+    if tokenizer is None:
+        if source_vocab is None or target_vocab is None:
+            raise OptionsError("give source_vocab and target_vocab, or a tokenizer")
+        tokenizer = VocabExport(source_vocab, target_vocab)
+    _check_vocab_sizes(adapter, specs, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         reference = TorchBackend(adapter)
-        feeds = _example_feeds(reference, source_vocab)
+        feeds = _example_feeds(reference, adapter.source_vocab_size)
         simplified = {}
         for name, spec in specs.items():
             progress(f"tracing {name}")
@@ -128,15 +177,14 @@ def export_model(
                 simplified[name] = simplify_graph(tmp / spec.file, spec)
         progress("sharing weights between graphs")
         sharing = share_weights(tmp, [spec.file for spec in specs.values()])
-        source_vocab.save(tmp / "source_vocab.json")
-        target_vocab.save(tmp / "target_vocab.json")
+        entry = tokenizer.write(tmp)
         made_from = {**(made_from or {}), "weights": asdict(sharing), "simplify": simplified or None}
-        manifest = _manifest(adapter, specs, tmp, source_vocab, target_vocab, options, made_from)
+        manifest = _manifest(adapter, specs, tmp, entry, tokenizer, options, made_from, generation or {}, banned_tokens)
         manifest.save(tmp)
         report = None
         if options.check_parity:
             progress("checking parity against PyTorch")
-            sources = parity_sources or sample_sources(len(source_vocab), seed=0)
+            sources = parity_sources or sample_sources(adapter.source_vocab_size, seed=0)
             backend = OrtBackend(load_bundle(tmp))
             report = check_parity(
                 reference,
@@ -156,23 +204,23 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_vocab_sizes(adapter: Seq2SeqAdapter, specs, source_vocab: Vocab, target_vocab: Vocab) -> None:
+def _check_vocab_sizes(adapter: Seq2SeqAdapter, specs, tokenizer: TokenizerExport) -> None:
     logits = specs["decoder_step"].output(adapter.decoder_spec().logits_output)
-    if len(target_vocab) != logits.shape[-1]:
+    if tokenizer.target_size > logits.shape[-1]:
         raise OptionsError(
-            f"target vocabulary has {len(target_vocab)} tokens but the model predicts {logits.shape[-1]}"
+            f"the target tokenizer has {tokenizer.target_size} tokens but the model predicts {logits.shape[-1]}"
         )
-    if len(source_vocab) != adapter.source_vocab_size:
+    if tokenizer.source_size > adapter.source_vocab_size:
         raise OptionsError(
-            f"source vocabulary has {len(source_vocab)} tokens but the model embeds {adapter.source_vocab_size}"
+            f"the source tokenizer has {tokenizer.source_size} tokens but the model embeds {adapter.source_vocab_size}"
         )
 
 
-def _example_feeds(reference: TorchBackend, source_vocab: Vocab) -> dict[str, dict[str, torch.Tensor]]:
+def _example_feeds(reference: TorchBackend, source_vocab_size: int) -> dict[str, dict[str, torch.Tensor]]:
     """Inputs of a real second decoding step (non-empty caches), per graph, for tracing (batch 2, padded)."""
     spec = reference.adapter.decoder_spec()
     src_ids, src_mask = pad_batch(
-        sample_sources(len(source_vocab), count=2, max_len=7, seed=1), reference.special_tokens["pad"]
+        sample_sources(source_vocab_size, count=2, max_len=7, seed=1), reference.special_tokens["pad"]
     )
     state = initial_state(reference, src_ids, src_mask, spec)
     step = {}
@@ -195,33 +243,32 @@ def _manifest(
     adapter: Seq2SeqAdapter,
     specs,
     bundle: Path,
-    source_vocab: Vocab,
-    target_vocab: Vocab,
+    entry: dict[str, Any],
+    tokenizer: TokenizerExport,
     options: ExportOptions,
     made_from: dict[str, Any],
+    generation: dict[str, Any],
+    banned_tokens: Sequence[int],
 ) -> Manifest:
     graphs = {
         name: type(spec)(spec.file, spec.inputs, spec.outputs, file_sha256(bundle / spec.file))
         for name, spec in specs.items()
     }
     max_src = options.max_source_length or adapter.max_source_length
-    special = {**adapter.special_tokens(), "unk": target_vocab.unk_id}
+    special = {**adapter.special_tokens(), **({"unk": tokenizer.unk_id} if tokenizer.unk_id is not None else {})}
     return Manifest(
         family=adapter.family,
         graphs=graphs,
         decoder=adapter.decoder_spec(),
         special_tokens=special,
-        source_vocab_size=len(source_vocab),
-        target_vocab_size=len(target_vocab),
-        tokenizer={
-            "type": "vocab",
-            "source": "source_vocab.json",
-            "target": "target_vocab.json",
-            "level": source_vocab.level,
-        },
+        source_vocab_size=adapter.source_vocab_size,
+        target_vocab_size=specs["decoder_step"].output(adapter.decoder_spec().logits_output).shape[-1],
+        tokenizer=entry,
         max_source_length=max_src,
         max_target_length=adapter.max_target_length,
-        files={f: file_sha256(bundle / f) for f in (WEIGHTS_FILE, "source_vocab.json", "target_vocab.json")},
+        files={f: file_sha256(bundle / f) for f in (WEIGHTS_FILE, *tokenizer_files(entry))},
+        generation=dict(generation),
+        banned_tokens=tuple(banned_tokens),
         max_new_tokens=options.max_new_tokens,
         provenance={
             "edgeseq": edgeseq.__version__,

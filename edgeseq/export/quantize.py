@@ -30,6 +30,7 @@ from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.loop import decode
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.tokenizer import tokenizer_files
 
 MODES = ("fp32", "dynamic-int8", "static-int8", "fp16")
 ALIASES = {"int8": "dynamic-int8", "float32": "fp32", "float16": "fp16"}
@@ -208,7 +209,7 @@ def quantize_bundle(
     feeds = {}
     if static:
         progress(f"capturing calibration inputs from {len(calibration)} sentences")
-        feeds = capture_feeds(bundle, [bundle.source_vocab.encode(t) for t in calibration])
+        feeds = capture_feeds(bundle, [bundle.tokenizer.encode(t) for t in calibration])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -221,7 +222,7 @@ def quantize_bundle(
             set_declared_types(model, spec)
             onnx.save(model, str(tmp / spec.file))
             sizes[name] = model.ByteSize()
-        for f in (bundle.manifest.tokenizer["source"], bundle.manifest.tokenizer["target"]):
+        for f in tokenizer_files(bundle.manifest.tokenizer):
             shutil.copyfile(src / f, tmp / f)
         sharing = share_weights(tmp, [g.file for g in bundle.manifest.graphs.values()])
         _manifest(bundle.manifest, tmp, recipe, src, sizes, asdict(sharing)).save(tmp)

@@ -25,22 +25,28 @@ class TransformerAdapter(Seq2SeqAdapter):
 
     family = "transformer"
 
-    def __init__(self, model: TransformerSeq2Seq) -> None:
+    def __init__(self, model: TransformerSeq2Seq, family: str = "transformer") -> None:
         super().__init__()
-        self.model = model
-        self.cfg = cfg = model.cfg
+        self.model, self.family = model, family
+        self.cfg = cfg = model.cfg  # a TransformerConfig, or any object with the same fields
         self.source_vocab_size = cfg.src_vocab_size
-        self.max_source_length = cfg.max_positions
+        self.max_source_length = cfg.max_positions or 4096
         self.max_target_length = cfg.max_positions
         self.layers = range(cfg.decoder_layers)
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.d_model // cfg.heads
 
     def special_tokens(self) -> dict[str, int]:
         c = self.cfg
-        return {"pad": c.pad_id, "bos": c.bos_id, "eos": c.eos_id, "decoder_start": c.bos_id}
+        return {
+            "pad": c.pad_id,
+            "bos": c.bos_id,
+            "eos": c.eos_id,
+            "decoder_start": getattr(c, "decoder_start_id", c.bos_id),
+        }
 
     def graph_specs(self) -> dict[str, GraphSpec]:
         c = self.cfg
-        nh, hs = c.heads, c.d_model // c.heads
+        nh, hs = c.heads, self.head_dim
         src_ids = TensorSpec("src_ids", INT, ("batch", "src_len"))
         src_mask = TensorSpec("src_mask", INT, ("batch", "src_len"))
         memory = TensorSpec("memory", FLOAT, ("batch", "src_len", c.d_model))
@@ -65,7 +71,7 @@ class TransformerAdapter(Seq2SeqAdapter):
         }
 
     def decoder_spec(self) -> DecoderSpec:
-        nh, hs = self.cfg.heads, self.cfg.d_model // self.cfg.heads
+        nh, hs = self.cfg.heads, self.head_dim
         states = tuple(
             StateSpec(f"self_{kv}_{i}", f"self_{kv}_{i}_out", 0, zeros_shape=("batch", nh, 0, hs))
             for i in self.layers

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgeseq.bundle import MANIFEST, Manifest
+from edgeseq.bundle import MANIFEST, Manifest, file_sha256
 from edgeseq.errors import BundleError, InputError
 from edgeseq.export.adapter import TorchBackend
 from edgeseq.export.checkpoint import load_checkpoint
@@ -16,6 +16,7 @@ from edgeseq.export.pipeline import adapter_for
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.tokenizer import tokenizer_files
 
 
 def read_pairs(path: str | Path) -> tuple[list[str], list[str] | None]:
@@ -54,8 +55,12 @@ def _reference(path: Path, bundle: Bundle):
             k: (g.inputs, g.outputs) for k, g in m.graphs.items()
         }:
             raise BundleError(f"{path} and {bundle.path} are not the same model: their graphs differ")
-        vocabs = ref.source_vocab, ref.target_vocab
-        backend = OrtBackend(ref)
+        same = ref.manifest.tokenizer == m.tokenizer and all(
+            file_sha256(ref.path / f) == file_sha256(bundle.path / f) for f in tokenizer_files(m.tokenizer)
+        )
+        if not same:
+            raise BundleError(f"{path} and {bundle.path} have different tokenizers")
+        return OrtBackend(ref)
     else:
         ckpt = load_checkpoint(path)
         adapter = adapter_for(ckpt.model)
@@ -68,11 +73,9 @@ def _reference(path: Path, bundle: Bundle):
         for name, spec in specs.items():
             if spec.inputs != m.graphs[name].inputs or spec.outputs != m.graphs[name].outputs:
                 raise BundleError(f"{path} does not match {bundle.path}: graph {name} has different inputs/outputs")
-        vocabs = ckpt.source_vocab, ckpt.target_vocab
-        backend = TorchBackend(adapter)
-    if vocabs != (bundle.source_vocab, bundle.target_vocab):
-        raise BundleError(f"{path} and {bundle.path} have different vocabularies")
-    return backend
+        if (ckpt.source_vocab, ckpt.target_vocab) != (bundle.source_vocab, bundle.target_vocab):
+            raise BundleError(f"{path} and {bundle.path} have different vocabularies")
+        return TorchBackend(adapter)
 
 
 def validate_bundle(
@@ -94,7 +97,7 @@ def validate_bundle(
     ref = _reference(Path(reference), bundle)
     thresholds = thresholds or PRECISION_THRESHOLDS[precision_of(m)]
     if texts:
-        sources = [bundle.source_vocab.encode(t) for t in texts]
+        sources = [bundle.tokenizer.encode(t) for t in texts]
     else:
         sources = sample_sources(m.source_vocab_size, count=count, seed=1234)
     report = check_parity(
@@ -105,7 +108,7 @@ def validate_bundle(
         thresholds,
         DecodingOptions(max_new_tokens=m.max_new_tokens),
         references,
-        bundle.target_vocab.decode,
+        bundle.tokenizer.decode,
     )
     if record:
         record_parity(bundle.path, {"reference": str(reference), "precision": precision_of(m), **report.to_json()})

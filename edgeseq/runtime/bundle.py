@@ -7,17 +7,26 @@ from pathlib import Path
 
 from edgeseq.bundle import Manifest, file_sha256, read_manifest
 from edgeseq.errors import BundleError
+from edgeseq.runtime.tokenizer import Tokenizer, VocabTokenizer, load_tokenizer, tokenizer_files
 from edgeseq.vocab import Vocab
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle on disk: its directory, checked manifest and vocabularies."""
+    """A bundle on disk: its directory, checked manifest and tokenizer."""
 
     path: Path
     manifest: Manifest
-    source_vocab: Vocab
-    target_vocab: Vocab
+    tokenizer: Tokenizer
+
+    @property
+    def source_vocab(self) -> Vocab | None:
+        """edgeseq's own source vocabulary (None for Hugging Face tokenizers)."""
+        return self.tokenizer.source if isinstance(self.tokenizer, VocabTokenizer) else None
+
+    @property
+    def target_vocab(self) -> Vocab | None:
+        return self.tokenizer.target if isinstance(self.tokenizer, VocabTokenizer) else None
 
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name].file
@@ -40,18 +49,16 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
             raise BundleError(
                 f"{file}: checksum mismatch with the manifest (files.{name}): the file was modified after export"
             )
-    tok = manifest.tokenizer
-    if tok.get("type") != "vocab":
-        raise BundleError(f"{root}: tokenizer.type {tok.get('type')!r} is not supported (expected 'vocab')")
-    vocabs = []
-    for side, size in (("source", manifest.source_vocab_size), ("target", manifest.target_vocab_size)):
-        if not isinstance(tok.get(side), str):
-            raise BundleError(f"{root}: tokenizer.{side} must name the {side} vocabulary file")
-        vocab = Vocab.load(_inside(root, tok[side], f"tokenizer.{side}"))
-        if len(vocab) != size:
-            raise BundleError(f"{root}: {side} vocabulary has {len(vocab)} tokens but {side}_vocab_size is {size}")
-        vocabs.append(vocab)
-    return Bundle(root, manifest, *vocabs)
+    for name in tokenizer_files(manifest.tokenizer):
+        _inside(root, name, "tokenizer")
+    tokenizer = load_tokenizer(root, manifest.tokenizer)
+    for side, size, have in (
+        ("source", manifest.source_vocab_size, tokenizer.source_size),
+        ("target", manifest.target_vocab_size, tokenizer.target_size),
+    ):
+        if have > size:
+            raise BundleError(f"{root}: the {side} tokenizer has {have} tokens but {side}_vocab_size is {size}")
+    return Bundle(root, manifest, tokenizer)
 
 
 def _inside(root: Path, name: str, field: str) -> Path:

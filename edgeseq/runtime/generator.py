@@ -102,7 +102,7 @@ class Generator:
         """Source text -> ids (with </s>), refusing text the model cannot take."""
         if not text.strip():
             raise InputError("empty source text: give at least one character")
-        return self.bundle.source_vocab.encode(text)
+        return self.bundle.tokenizer.encode(text)
 
     def generate(self, texts: Sequence[str], options: DecodingOptions | None = None) -> list[Translation]:
         """Translate a batch of texts; results come back in input order."""
@@ -130,14 +130,14 @@ class Generator:
         options = self._check(sources, options)
         decoding = Decoding(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
         counts = [0] * len(sources)
-        vocab = self.bundle.target_vocab
+        vocab = self.bundle.tokenizer
         for emitted in decoding.steps():
             for source, token in emitted:
                 yield StreamedToken(source, token, vocab.piece(token, first=counts[source] == 0))
                 counts[source] += 1
 
     def _translation(self, hyps: list[Hypothesis]) -> Translation:
-        vocab = self.bundle.target_vocab
+        vocab = self.bundle.tokenizer
         nbest = tuple(Translation(vocab.decode(h.tokens), h.tokens, h.score, h.alignment) for h in hyps)
         best = nbest[0]
         return Translation(best.text, best.tokens, best.score, best.alignment, nbest)
