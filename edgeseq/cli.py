@@ -31,26 +31,45 @@ def cli() -> None:
 def export(
     checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: int | None, data: str | None, no_simplify: bool
 ) -> None:
-    """Export CHECKPOINT (a .safetensors file saved by edgeseq) to a bundle, checking parity."""
+    """Export CHECKPOINT to a bundle, checking parity: a .safetensors file saved by edgeseq, or a local Hugging
+    Face folder (Marian, BART, mBART)."""
     from edgeseq.bundle import file_sha256
     from edgeseq.export import ExportOptions, export_model, load_checkpoint
+    from edgeseq.export.hf import is_hf_checkpoint
     from edgeseq.runtime.sources import read_sources
 
     options = ExportOptions(opset=opset, force=force, max_new_tokens=max_new_tokens, simplify=not no_simplify)
     if Path(out).exists() and not force:  # before the slow part
         raise EdgeseqError(f"{out} already exists: choose another --out, or pass --force to replace it")
-    ckpt = load_checkpoint(checkpoint)
-    sources = [ckpt.source_vocab.encode(t) for t in read_sources(data)] if data else None
-    path, report = export_model(
-        ckpt.model,
-        out,
-        source_vocab=ckpt.source_vocab,
-        target_vocab=ckpt.target_vocab,
-        options=options,
-        parity_sources=sources,
-        made_from={"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(Path(checkpoint))},
-        progress=lambda msg: click.echo(f"edgeseq: {msg}", err=True),
-    )
+    texts = read_sources(data) if data else None
+    progress = lambda msg: click.echo(f"edgeseq: {msg}", err=True)  # noqa: E731
+    if is_hf_checkpoint(checkpoint):
+        from edgeseq.export.hf import load_hf_checkpoint
+
+        hf = load_hf_checkpoint(checkpoint)
+        path, report = export_model(
+            hf.model,
+            out,
+            tokenizer=hf.tokenizer,
+            options=options,
+            generation=hf.generation,
+            banned_tokens=hf.banned_tokens,
+            parity_sources=[hf.encode(t) for t in texts] if texts else None,
+            made_from={"checkpoint": Path(checkpoint).name, "hf_model_type": hf.family},
+            progress=progress,
+        )
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        path, report = export_model(
+            ckpt.model,
+            out,
+            source_vocab=ckpt.source_vocab,
+            target_vocab=ckpt.target_vocab,
+            options=options,
+            parity_sources=[ckpt.source_vocab.encode(t) for t in texts] if texts else None,
+            made_from={"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(Path(checkpoint))},
+            progress=progress,
+        )
     click.echo(report.table())
     click.echo(f"wrote {path}")
 

@@ -116,6 +116,10 @@ def adapter_for(model: nn.Module) -> Seq2SeqAdapter:
     """The export adapter of a reference model; a Seq2SeqAdapter is taken as it is."""
     if isinstance(model, Seq2SeqAdapter):
         return model
+    from edgeseq.export.hf.bart import HFBartLike
+
+    if isinstance(model, HFBartLike):
+        return TransformerAdapter(model, family=model.model_type)
     for cls, make in ADAPTERS.items():
         if isinstance(model, cls):
             return make(model)

@@ -29,6 +29,8 @@ class DecodingOptions:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already generated (CTRL-style)
     no_repeat_ngram: int = 0  # > 0: never repeat an n-gram of this size
     return_alignments: bool = False  # attention weights per generated token, where the bundle exposes them
+    forced_eos: bool = False  # the last allowed token is </s> (HF forced_eos_token_id)
+    forced_bos_token: int | None = None  # the first generated token (HF forced_bos_token_id, e.g. mBART-50)
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,6 +44,12 @@ class DecodingOptions:
                 problems.append(f"{f.name} must be a finite number, got {value!r}")
             elif f.type == "bool" and not isinstance(value, bool):
                 problems.append(f"{f.name} must be true or false, got {value!r}")
+        if self.forced_bos_token is not None and (
+            not isinstance(self.forced_bos_token, int)
+            or isinstance(self.forced_bos_token, bool)
+            or self.forced_bos_token < 0
+        ):
+            problems.append(f"forced_bos_token must be a token id, got {self.forced_bos_token!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             problems.append(f"seed must be a non-negative integer, got {self.seed!r}")
         if not problems:

@@ -39,7 +39,17 @@ def process(
         scores[:, list(banned)] = -np.inf
     if step < options.min_new_tokens:
         scores[:, eos] = -np.inf
+    if step == 0 and options.forced_bos_token is not None:
+        _force(scores, options.forced_bos_token)
+    if options.forced_eos and step == options.max_new_tokens - 1:
+        _force(scores, eos)
     return scores
+
+
+def _force(scores: np.ndarray, token: int) -> None:
+    """Only `token` remains, with score 0 (HF's ForcedBOS/ForcedEOS processors)."""
+    scores[:] = -np.inf
+    scores[:, token] = 0.0
 
 
 def _banned_ngram_tokens(seq: np.ndarray, n: int) -> list[int]:

@@ -132,9 +132,14 @@ class TokenByToken:
 
 
 class BeamSearch:
-    """Beam search with Hugging Face's semantics: 2 * beam candidates per source and step, </s> among the
-    top `beam` candidates closes a hypothesis, length penalty, early stopping or the attainable-score
-    heuristic. A source whose search is done leaves the batch."""
+    """Beam search with the semantics of Hugging Face transformers' `generate()` (v5):
+
+    each step keeps the 2 * beam best continuations of a source; those among the top `beam` that end (</s>,
+    or the length limit) become finished hypotheses scored sum(log p) / length ** length_penalty, the best
+    `beam` of them kept; the `beam` best that do not end run on. A source is done when no running beam can
+    beat its worst finished one (all `beam` slots full), with early stopping as soon as the slots are full,
+    or at the length limit; then it leaves the batch.
+    """
 
     def __init__(
         self,
@@ -160,32 +165,28 @@ class BeamSearch:
         return self.history[:, -1]
 
     def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
-        k, length = self.k, step + 1  # tokens generated once this step's token is appended
-        logprobs = process(log_softmax(logits), self.history, step, self.options, self.eos, self.banned)
+        k, o = self.k, self.options
+        length, last = step + 1, step + 1 >= o.max_new_tokens  # tokens once this step's token is appended
+        logprobs = process(log_softmax(logits), self.history, step, o, self.eos, self.banned)
         vocab = logprobs.shape[-1]
         flat = (logprobs + self.beam_scores.reshape(-1, 1)).reshape(len(self.sources), k * vocab)  # (n, k*V)
         top = np.argpartition(-flat, 2 * k - 1, axis=-1)[:, : 2 * k]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(flat, top, -1), axis=-1, kind="stable"), -1)
-        if self.options.return_alignments and alignment is not None:
+        if o.return_alignments and alignment is not None:
             step_align = alignment[:, None, :]
             self.align = step_align if self.align is None else np.concatenate([self.align, step_align], axis=1)
         keep, tokens, scores, still = [], [], [], []
         for i, source in enumerate(self.sources):
-            chosen = []
-            for rank, j in enumerate(top[i]):
-                beam, token = divmod(int(j), vocab)
-                row = i * k + beam
-                if token == self.eos:
-                    if rank < k:
-                        self._add(source, float(flat[i, j]) / length**self.options.length_penalty, row)
-                else:
-                    chosen.append((row, token, float(flat[i, j])))
-                if len(chosen) == k:
-                    break
-            if self._is_done(source, float(flat[i, top[i][0]]), length):
+            cands = [(float(flat[i, j]), i * k + int(j) // vocab, int(j) % vocab) for j in top[i]]
+            ends = [token == self.eos or last for _, _, token in cands]
+            for rank, ((score, row, token), end) in enumerate(zip(cands, ends)):
+                if end and rank < k:
+                    self._add(source, score / length**o.length_penalty, row, None if token == self.eos else token)
+            running = [c for c, end in zip(cands, ends) if not end][:k]
+            if last or len(running) < k or self._is_done(source, running[0][0], length):
                 continue
             still.append(source)
-            for row, token, score in chosen:
+            for score, row, token in running:
                 keep.append(row)
                 tokens.append(token)
                 scores.append(score)
@@ -197,23 +198,24 @@ class BeamSearch:
             self.align = self.align[keep]
         return keep
 
-    def _add(self, source: int, score: float, row: int) -> None:
-        """Close a hypothesis; a source keeps its `beam` best."""
+    def _add(self, source: int, score: float, row: int, extra: int | None) -> None:
+        """Close a hypothesis (`extra`: a last token that is not </s>); a source keeps its `beam` best."""
         hyps = self.finished[source]
         if len(hyps) == self.k and score <= min(h[0] for h in hyps):
             return
+        tokens = tuple(int(t) for t in self.history[row, 1:]) + ((extra,) if extra is not None else ())
         align = None if self.align is None else self.align[row, :, : self.lengths[source]].copy()
-        hyps.append((score, tuple(int(t) for t in self.history[row, 1:]), align))
+        hyps.append((score, tokens, align))
         if len(hyps) > self.k:
             hyps.remove(min(hyps, key=lambda h: h[0]))
 
-    def _is_done(self, source: int, best_sum: float, length: int) -> bool:
+    def _is_done(self, source: int, best_running: float, length: int) -> bool:
         hyps = self.finished[source]
         if len(hyps) < self.k:
             return False
         if self.options.early_stopping:
             return True
-        return min(h[0] for h in hyps) >= best_sum / length**self.options.length_penalty
+        return best_running / length**self.options.length_penalty <= min(h[0] for h in hyps)
 
     def emitted(self) -> list[tuple[int, int]]:
         return []
@@ -222,11 +224,6 @@ class BeamSearch:
         return len(self.sources) == 0
 
     def finalize(self) -> list[list[Hypothesis]]:
-        length = self.history.shape[1] - 1
-        for i, source in enumerate(self.sources):  # the search ran out of steps: running beams count too
-            for beam in range(self.k):
-                score = self.beam_scores[i, beam] / length**self.options.length_penalty
-                self._add(int(source), float(score), i * self.k + beam)
         out = []
         for hyps in self.finished:
             best = sorted(hyps, key=lambda h: -h[0])[: self.options.nbest]

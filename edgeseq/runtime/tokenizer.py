@@ -60,7 +60,7 @@ class SentencePieceTokenizer:
         self.ids: dict[str, int] = vocab
         self.pieces = {i: p for p, i in vocab.items()}
         self.eos, self.unk, self.pad = vocab[entry["eos"]], vocab[entry["unk"]], vocab[entry["pad"]]
-        self.special = {self.eos, self.pad}
+        self.special = {self.eos, self.pad, self.unk}  # what HF skips with skip_special_tokens
         self.source_size = self.target_size = len(vocab)
 
     def encode(self, text: str) -> list[int]:
@@ -68,7 +68,7 @@ class SentencePieceTokenizer:
 
     def decode(self, ids) -> str:
         pieces = [self.pieces[int(i)] for i in ids if int(i) not in self.special and int(i) in self.pieces]
-        return self.target_sp.decode_pieces(pieces)
+        return self.target_sp.decode_pieces(pieces).replace("\u2581", " ").strip()  # as MarianTokenizer
 
     def piece(self, token_id: int, first: bool) -> str:
         if token_id in self.special or token_id not in self.pieces:

@@ -1,0 +1,147 @@
+"""Hugging Face Marian, BART and mBART: tiny random checkpoints made here, exported, checked against HF."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from edgeseq.errors import CheckpointError  # noqa: E402
+from edgeseq.export import ExportOptions, export_model  # noqa: E402
+from edgeseq.export.hf import load_hf_checkpoint  # noqa: E402
+from edgeseq.runtime import Generator  # noqa: E402
+from tests.hf_models import make_bart, make_marian  # noqa: E402
+
+TEXTS = [
+    "the quick brown fox",
+    "hello world",
+    "we export graphs and check every step of the way",
+    "apples",
+    "seven green apples fell",
+    "she reads",
+]
+FAMILIES = ["marian", "bart", "mbart"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    made = {}
+    for family in FAMILIES:
+        root = tmp_path_factory.mktemp(family)
+        folder = make_marian(root / "hf") if family == "marian" else make_bart(root / "hf", family)
+        ckpt = load_hf_checkpoint(folder)
+        bundle, report = export_model(
+            ckpt.model,
+            root / "bundle",
+            tokenizer=ckpt.tokenizer,
+            options=ExportOptions(),
+            generation=ckpt.generation,
+            banned_tokens=ckpt.banned_tokens,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = transformers.AutoTokenizer.from_pretrained(folder)
+        hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+        made[family] = (folder, bundle, report, hf, tok)
+    return made
+
+
+def hf_generate(hf, tok, texts, beams, max_new_tokens):
+    """model.generate with the checkpoint's generation config, tokens between the start and </s>."""
+    with torch.no_grad():
+        out = hf.generate(
+            **tok(texts, return_tensors="pt", padding=True), num_beams=beams, max_new_tokens=max_new_tokens
+        )
+    eos, pad = hf.config.eos_token_id, hf.config.pad_token_id
+    result = []
+    for row in out.tolist():
+        row = row[1:]
+        row = row[: row.index(eos)] if eos in row else row
+        result.append([t for t in row if t != pad])
+    return result
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graphs_match_pytorch(exported, family):
+    _, bundle, report, _, _ = exported[family]
+    assert report.ok, report.table()
+    assert all(c.max_abs < 1e-4 for c in report.outputs)
+    manifest = json.loads((bundle / "edgeseq.json").read_text())
+    assert manifest["family"] == family and manifest["generation"]["beam_size"] == 4
+    assert manifest["generation"]["forced_eos"] is True
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tokenizer_matches_hugging_face(exported, family):
+    _, bundle, _, _, tok = exported[family]
+    gen = Generator(bundle)
+    for text in TEXTS + ["unseen wörds 123 !"]:
+        ids = gen.encode(text)
+        assert ids == tok(text).input_ids
+        assert gen.bundle.tokenizer.decode(ids) == tok.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("beams", [1, 4])
+def test_tokens_equal_model_generate(exported, family, beams):
+    _, bundle, _, hf, tok = exported[family]
+    gen = Generator(bundle)
+    options = gen.options.replace(beam_size=beams)
+    expected = hf_generate(hf, tok, TEXTS, beams, options.max_new_tokens)
+    assert [list(r.tokens) for r in gen.generate(TEXTS, options)] == expected  # a padded mixed-length batch
+    assert [list(gen.generate([t], options)[0].tokens) for t in TEXTS[:3]] == [
+        hf_generate(hf, tok, [t], beams, options.max_new_tokens)[0] for t in TEXTS[:3]
+    ]
+    if family == "bart":  # its random weights are tuned to end sentences at different lengths
+        assert len({len(x) for x in expected}) > 1
+
+
+def test_marian_bundle_is_the_size_of_its_weights(tmp_path):
+    """One weights file shared by the graphs (embeddings tied three ways): within 5% of model.safetensors."""
+    folder = make_marian(tmp_path / "hf", d_model=256, ffn=1024)
+    ckpt = load_hf_checkpoint(folder)
+    bundle, _ = export_model(
+        ckpt.model,
+        tmp_path / "bundle",
+        tokenizer=ckpt.tokenizer,
+        options=ExportOptions(max_new_tokens=8),
+        generation=ckpt.generation,
+    )
+    weights = (folder / "model.safetensors").stat().st_size
+    total = sum(f.stat().st_size for f in bundle.iterdir())
+    tokenizer = sum((bundle / f).stat().st_size for f in ("source.spm", "target.spm", "vocab.json"))
+    assert total - tokenizer <= 1.05 * weights, (total, weights)
+
+
+def test_cli_export_and_generate_equal_the_transformers_pipeline(exported, tmp_path):
+    folder, *_ = exported["marian"]
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeseq", "export", folder, "--out", tmp_path / "b"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeseq", "generate", tmp_path / "b", *TEXTS[:3]], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    # transformers 5 removed the "translation" pipeline; this is what it did: tokenize, generate, decode
+    _, _, _, hf, tok = exported["marian"]
+    with torch.no_grad():
+        out = hf.generate(**tok(TEXTS[:3], return_tensors="pt", padding=True))
+    expected = tok.batch_decode(out, skip_special_tokens=True)
+    assert r.stdout.splitlines() == expected
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(CheckpointError, match="model_type 'gpt2' is not supported; supported .*: bart, marian, mbart"):
+        load_hf_checkpoint(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeseq", "export", tmp_path, "--out", tmp_path / "b"], capture_output=True, text=True
+    )
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not supported" in r.stderr
