@@ -11,6 +11,7 @@ from edgeseq.bundle import MANIFEST, Manifest, file_sha256
 from edgeseq.errors import BundleError, InputError
 from edgeseq.export.adapter import TorchBackend
 from edgeseq.export.checkpoint import load_checkpoint
+from edgeseq.export.hf import is_hf_checkpoint
 from edgeseq.export.parity import PRECISION_THRESHOLDS, ParityReport, Thresholds, check_parity, sample_sources
 from edgeseq.export.pipeline import adapter_for
 from edgeseq.runtime.bundle import Bundle, load_bundle
@@ -61,6 +62,14 @@ def _reference(path: Path, bundle: Bundle):
         if not same:
             raise BundleError(f"{path} and {bundle.path} have different tokenizers")
         return OrtBackend(ref)
+    elif is_hf_checkpoint(path):
+        from edgeseq.export.hf import load_hf_checkpoint
+
+        adapter = adapter_for(load_hf_checkpoint(path).model)
+        specs = adapter.graph_specs()
+        if any(specs[k].inputs != g.inputs or specs[k].outputs != g.outputs for k, g in m.graphs.items()):
+            raise BundleError(f"{path} does not match {bundle.path}: their graphs differ")
+        return TorchBackend(adapter)
     else:
         ckpt = load_checkpoint(path)
         adapter = adapter_for(ckpt.model)
