@@ -158,3 +158,61 @@ def make_bart(folder: Path, model_type: str = "bart", seed: int = 0) -> Path:
     )
     model.save_pretrained(folder)
     return folder
+
+
+def make_t5(folder: Path, model_type: str = "t5", seed: int = 0) -> Path:
+    import sentencepiece as spm
+    from transformers import (
+        GenerationConfig,
+        MT5Config,
+        MT5ForConditionalGeneration,
+        T5Config,
+        T5ForConditionalGeneration,
+        T5Tokenizer,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(folder / "spiece"),
+        vocab_size=60,
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
+    T5Tokenizer.from_pretrained(folder, extra_ids=0).save_pretrained(folder)  # converts spiece.model
+    config_cls, model_cls = (
+        (MT5Config, MT5ForConditionalGeneration) if model_type == "mt5" else (T5Config, T5ForConditionalGeneration)
+    )
+    config = config_cls(
+        vocab_size=60,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.5)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, num_beams=4, max_length=24
+    )
+    model.save_pretrained(folder)
+    for name in ("corpus.txt", "spiece.vocab"):
+        (folder / name).unlink()
+    return folder

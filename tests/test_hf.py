@@ -14,7 +14,7 @@ from edgeseq.errors import CheckpointError  # noqa: E402
 from edgeseq.export import ExportOptions, export_model  # noqa: E402
 from edgeseq.export.hf import load_hf_checkpoint  # noqa: E402
 from edgeseq.runtime import Generator  # noqa: E402
-from tests.hf_models import make_bart, make_marian  # noqa: E402
+from tests.hf_models import make_bart, make_marian, make_t5  # noqa: E402
 
 TEXTS = [
     "the quick brown fox",
@@ -24,7 +24,7 @@ TEXTS = [
     "seven green apples fell",
     "she reads",
 ]
-FAMILIES = ["marian", "bart", "mbart"]
+FAMILIES = ["marian", "bart", "mbart", "t5", "mt5"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,12 @@ def exported(tmp_path_factory):
     made = {}
     for family in FAMILIES:
         root = tmp_path_factory.mktemp(family)
-        folder = make_marian(root / "hf") if family == "marian" else make_bart(root / "hf", family)
+        if family == "marian":
+            folder = make_marian(root / "hf")
+        elif family in ("t5", "mt5"):
+            folder = make_t5(root / "hf", family)
+        else:
+            folder = make_bart(root / "hf", family)
         ckpt = load_hf_checkpoint(folder)
         bundle, report = export_model(
             ckpt.model,
@@ -58,13 +63,9 @@ def hf_generate(hf, tok, texts, beams, max_new_tokens):
         out = hf.generate(
             **tok(texts, return_tensors="pt", padding=True), num_beams=beams, max_new_tokens=max_new_tokens
         )
-    eos, pad = hf.config.eos_token_id, hf.config.pad_token_id
-    result = []
-    for row in out.tolist():
-        row = row[1:]
-        row = row[: row.index(eos)] if eos in row else row
-        result.append([t for t in row if t != pad])
-    return result
+    eos = hf.config.eos_token_id
+    rows = [row[1:] for row in out.tolist()]
+    return [row[: row.index(eos)] if eos in row else row for row in rows]  # padding only ever follows </s>
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -74,7 +75,7 @@ def test_graphs_match_pytorch(exported, family):
     assert all(c.max_abs < 1e-4 for c in report.outputs)
     manifest = json.loads((bundle / "edgeseq.json").read_text())
     assert manifest["family"] == family and manifest["generation"]["beam_size"] == 4
-    assert manifest["generation"]["forced_eos"] is True
+    assert manifest["generation"].get("forced_eos", False) is (family not in ("t5", "mt5"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -139,7 +140,9 @@ def test_cli_export_and_generate_equal_the_transformers_pipeline(exported, tmp_p
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(CheckpointError, match="model_type 'gpt2' is not supported; supported .*: bart, marian, mbart"):
+    with pytest.raises(
+        CheckpointError, match="model_type 'gpt2' is not supported; supported .*: bart, marian, mbart, mt5, t5"
+    ):
         load_hf_checkpoint(tmp_path)
     r = subprocess.run(
         [sys.executable, "-m", "edgeseq", "export", tmp_path, "--out", tmp_path / "b"], capture_output=True, text=True

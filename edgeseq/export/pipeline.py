@@ -117,8 +117,9 @@ def adapter_for(model: nn.Module) -> Seq2SeqAdapter:
     if isinstance(model, Seq2SeqAdapter):
         return model
     from edgeseq.export.hf.bart import HFBartLike
+    from edgeseq.export.hf.t5 import HFT5
 
-    if isinstance(model, HFBartLike):
+    if isinstance(model, (HFBartLike, HFT5)):
         return TransformerAdapter(model, family=model.model_type)
     for cls, make in ADAPTERS.items():
         if isinstance(model, cls):

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints from a local folder: Marian, BART/mBART (and the generation defaults they carry).
+"""Hugging Face checkpoints from a local folder: Marian, BART/mBART, T5/mT5 (and their generation defaults).
 
 `transformers` is needed only here (pip install "edgeseq[hf]"); the bundle it writes runs without it.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from edgeseq.errors import CheckpointError
 
-FAMILIES = {"marian": "bart", "bart": "bart", "mbart": "bart"}
+FAMILIES = {"marian": "bart", "bart": "bart", "mbart": "bart", "t5": "t5", "mt5": "t5"}
 
 
 def is_hf_checkpoint(path: str | Path) -> bool:
@@ -57,6 +57,7 @@ def load_hf_checkpoint(path: str | Path) -> HFCheckpoint:
             "exporting Hugging Face checkpoints needs transformers: pip install 'edgeseq[hf]'"
         ) from None
     from edgeseq.export.hf.bart import HFBartLike
+    from edgeseq.export.hf.t5 import HFT5
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -64,7 +65,7 @@ def load_hf_checkpoint(path: str | Path) -> HFCheckpoint:
         hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(path), local_files_only=True).eval()
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: transformers cannot load it ({str(e).splitlines()[0]})") from None
-    model = HFBartLike(hf)
+    model = HFT5(hf) if FAMILIES[model_type] == "t5" else HFBartLike(hf)
     generation, banned = generation_defaults(hf.generation_config, model.cfg)
     from transformers import AutoTokenizer
 
