@@ -118,6 +118,7 @@ def decoding_flags(f):
 @click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list with one object per source.")
 @click.option("--stream", is_flag=True, help="Print tokens as they are decided (with --json: one event per line).")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files (very large bundles).")
 def generate(
     bundle: str,
     texts: tuple[str, ...],
@@ -126,10 +127,11 @@ def generate(
     threads: int | None,
     as_json: bool,
     stream: bool,
+    no_verify: bool,
     **flags,
 ) -> None:
     """Translate TEXTS (or --input FILE) with BUNDLE; one output line per source."""
-    from edgeseq.runtime import Generator
+    from edgeseq.runtime import Generator, load_bundle
 
     if input_file and texts:
         raise EdgeseqError("give sources either as arguments or with --input, not both")
@@ -141,7 +143,7 @@ def generate(
         sources = list(texts)
     if not sources:
         raise EdgeseqError("no sources: pass text arguments or --input FILE")
-    gen = Generator(bundle, provider=provider, threads=threads)
+    gen = Generator(load_bundle(bundle, verify_checksums=not no_verify), provider=provider, threads=threads)
     options = gen.options.replace(**{k: v for k, v in flags.items() if v is not None})
     if stream:
         _stream(gen, sources, options, as_json)

@@ -34,6 +34,7 @@ from edgeseq.export.simplify import simplify_graph
 from edgeseq.export.trace import ExportError, trace_graph
 from edgeseq.export.transformer import TransformerAdapter
 from edgeseq.export.weights import WEIGHTS_FILE, share_weights
+from edgeseq.fsutil import replace_dir
 from edgeseq.models.rnn import RNNSeq2Seq
 from edgeseq.models.transformer import TransformerSeq2Seq
 from edgeseq.runtime.batching import pad_batch
@@ -203,7 +204,7 @@ def export_model(
             manifest.save(tmp)
             if not report.ok:
                 raise ParityError(f"exported graphs do not match PyTorch: {'; '.join(report.failures())}")
-        _replace(tmp, out)
+        replace_dir(tmp, out)
         return out, report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -290,14 +291,3 @@ def _manifest(
             **made_from,
         },
     )
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished bundle into place; an existing one is swapped out only after the new one is whole."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

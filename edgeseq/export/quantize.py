@@ -26,6 +26,7 @@ from edgeseq.bundle import Manifest, file_sha256
 from edgeseq.errors import OptionsError
 from edgeseq.export.trace import set_declared_types
 from edgeseq.export.weights import WEIGHTS_FILE, share_weights
+from edgeseq.fsutil import replace_dir
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.loop import decode
@@ -227,13 +228,7 @@ def quantize_bundle(
         sharing = share_weights(tmp, [g.file for g in bundle.manifest.graphs.values()])
         _manifest(bundle.manifest, tmp, recipe, src, sizes, asdict(sharing)).save(tmp)
         load_bundle(tmp)  # the new bundle must open cleanly before it takes the target name
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

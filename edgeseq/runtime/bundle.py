@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     manifest = read_manifest(root)
     for name, graph in manifest.graphs.items():
         file = _inside(root, graph.file, f"graphs.{name}.file")
+        for location in external_data_locations(file):
+            if location not in manifest.files:
+                raise BundleError(
+                    f"{file}: its weights point to {location!r}, which is not a file of this bundle's manifest; "
+                    "refusing to read it"
+                )
         if verify_checksums and file_sha256(file) != graph.sha256:
             raise BundleError(
                 f"{file}: checksum mismatch with the manifest (graphs.{name}.sha256): the file was modified "
@@ -59,6 +66,28 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
         if have > size:
             raise BundleError(f"{root}: the {side} tokenizer has {have} tokens but {side}_vocab_size is {size}")
     return Bundle(root, manifest, tokenizer)
+
+
+_LOCATION = re.compile(rb"\n\x08location\x12")
+
+
+def external_data_locations(path: Path) -> set[str]:
+    """The external-data file names an ONNX file refers to, read from its bytes (the runtime has no onnx).
+
+    They are the values of TensorProto.external_data entries whose key is "location".
+    """
+    data = path.read_bytes()
+    found = set()
+    for m in _LOCATION.finditer(data):
+        i, length, shift = m.end(), 0, 0
+        while i < len(data):  # a protobuf varint
+            byte = data[i]
+            length |= (byte & 0x7F) << shift
+            i, shift = i + 1, shift + 7
+            if not byte & 0x80:
+                break
+        found.add(data[i : i + length].decode("utf-8", errors="replace"))
+    return found
 
 
 def _inside(root: Path, name: str, field: str) -> Path:
