@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
+from edgeseq.bundle import MANIFEST
 from edgeseq.export import ExportOptions, export_model, save_checkpoint
 from edgeseq.models import RNNConfig, RNNSeq2Seq
 from edgeseq.vocab import Vocab
@@ -72,3 +76,19 @@ def checkpoint_and_bundle(bundle_factory, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
     save_checkpoint(ckpt, model, sv, tv)
     return ckpt, bundle
+
+
+@pytest.fixture
+def bundle_copy(bundle_factory, tmp_path):
+    """A private copy of the default test bundle (LSTM + Bahdanau), free to damage."""
+    src, *_ = bundle_factory()
+    dst = tmp_path / "bundle"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_manifest(bundle, change):
+    """Apply `change(data)` to a bundle's edgeseq.json."""
+    data = json.loads((bundle / MANIFEST).read_text())
+    change(data)
+    (bundle / MANIFEST).write_text(json.dumps(data))

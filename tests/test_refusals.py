@@ -21,20 +21,15 @@ from edgeseq.export import load_checkpoint
 from edgeseq.export.hf import load_hf_checkpoint
 from edgeseq.runtime import DecodingOptions, Generator, load_bundle
 from edgeseq.runtime.sources import read_sources
+from tests.conftest import edit_manifest
 
 
 @pytest.fixture
-def bundle(bundle_factory, tmp_path):
-    src, *_ = bundle_factory()
-    dst = tmp_path / "bundle"
-    shutil.copytree(src, dst)
-    return dst
+def bundle(bundle_copy):
+    return bundle_copy
 
 
-def edit(bundle, change):
-    data = json.loads((bundle / MANIFEST).read_text())
-    change(data)
-    (bundle / MANIFEST).write_text(json.dumps(data))
+edit = edit_manifest
 
 
 def rehash(bundle, file):

@@ -1,7 +1,5 @@
 """The runtime alone: import isolation, manifest checks, refusing mismatched or altered bundles, options."""
 
-import json
-import shutil
 import subprocess
 import sys
 
@@ -10,6 +8,7 @@ import pytest
 from edgeseq.bundle import MANIFEST, read_manifest
 from edgeseq.errors import BundleError, InputError, OptionsError
 from edgeseq.runtime import DecodingOptions, Generator, load_bundle
+from tests.conftest import edit_manifest
 
 
 def test_runtime_imports_no_torch_onnx_or_onnxsim():
@@ -19,20 +18,6 @@ def test_runtime_imports_no_torch_onnx_or_onnxsim():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-
-
-@pytest.fixture
-def bundle_copy(bundle_factory, tmp_path):
-    src, *_ = bundle_factory()
-    dst = tmp_path / "bundle"
-    shutil.copytree(src, dst)
-    return dst
-
-
-def edit_manifest(bundle, change):
-    data = json.loads((bundle / MANIFEST).read_text())
-    change(data)
-    (bundle / MANIFEST).write_text(json.dumps(data))
 
 
 @pytest.mark.parametrize(

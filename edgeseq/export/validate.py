@@ -17,18 +17,13 @@ from edgeseq.export.pipeline import adapter_for
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.sources import read_sources
 from edgeseq.runtime.tokenizer import tokenizer_files
 
 
 def read_pairs(path: str | Path) -> tuple[list[str], list[str] | None]:
     """Sources, one per line, each optionally followed by a tab and its reference translation."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read {path}: {e}") from None
-    if not lines:
-        raise InputError(f"{path} is empty: give one source per line (optionally: source<TAB>reference)")
-    rows = [line.split("\t") for line in lines]
+    rows = [line.split("\t") for line in read_sources(path)]
     for i, row in enumerate(rows, 1):
         if not row[0].strip() or len(row) > 2:
             raise InputError(f"{path}, line {i}: expected 'source' or 'source<TAB>reference'")

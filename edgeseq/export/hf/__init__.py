@@ -115,13 +115,10 @@ def generation_defaults(gc, dims) -> tuple[dict[str, Any], tuple[int, ...]]:
     return out, banned
 
 
-@dataclass
-class SentencePieceExport:
-    """Marian's tokenizer files, copied as they are."""
+class _SharedVocabulary:
+    """Source and target share one vocabulary of `size` tokens."""
 
-    folder: Path
     size: int
-    unk_id: int | None
 
     @property
     def source_size(self) -> int:
@@ -130,6 +127,15 @@ class SentencePieceExport:
     @property
     def target_size(self) -> int:
         return self.size
+
+
+@dataclass
+class SentencePieceExport(_SharedVocabulary):
+    """Marian's tokenizer files, copied as they are."""
+
+    folder: Path
+    size: int
+    unk_id: int | None
 
     def write(self, bundle: Path) -> dict[str, Any]:
         for name in ("source.spm", "target.spm", "vocab.json"):
@@ -146,20 +152,12 @@ class SentencePieceExport:
 
 
 @dataclass
-class TokenizerJsonExport:
-    """A fast tokenizer's tokenizer.json (BART, mBART)."""
+class TokenizerJsonExport(_SharedVocabulary):
+    """A fast tokenizer's tokenizer.json (BART, mBART, T5)."""
 
     backend: Any
     size: int
     unk_id: int | None
-
-    @property
-    def source_size(self) -> int:
-        return self.size
-
-    @property
-    def target_size(self) -> int:
-        return self.size
 
     def write(self, bundle: Path) -> dict[str, Any]:
         self.backend.save(str(bundle / "tokenizer.json"))
