@@ -42,6 +42,18 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)  # (B, T, nh * hs)
 
 
+def output_logits(head: nn.Linear, h: torch.Tensor, extra_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, d) -> (B, V) as one linear with a bias, which exports as a Gemm reading the weight as it is stored.
+
+    Without a bias the exporter writes MatMul with a transposed copy of the weight, and a head tied to the
+    embeddings would then be stored twice.
+    """
+    bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+    if extra_bias is not None:
+        bias = bias + extra_bias.reshape(-1)
+    return torch.nn.functional.linear(h, head.weight, bias)
+
+
 def attend(q, k, v, keep=None, scale=1.0, bias=None) -> torch.Tensor:
     """q (B, nh, Tq, hs), k/v (B, nh, Tk, hs); keep broadcastable to scores, True = attend."""
     scores = (q @ k.transpose(-2, -1)) * scale
@@ -147,6 +159,4 @@ class HFBartLike(nn.Module):
         final = getattr(self.decoder, "layer_norm", None)
         if final is not None:
             x = final(x)
-        logits = self.hf.lm_head(x[:, 0])
-        bias = getattr(self.hf, "final_logits_bias", None)
-        return (logits + bias[0] if bias is not None else logits), new
+        return output_logits(self.hf.lm_head, x[:, 0], getattr(self.hf, "final_logits_bias", None)), new

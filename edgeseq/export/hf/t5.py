@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeseq.export.hf.bart import CacheDims, attend, split_heads
+from edgeseq.export.hf.bart import CacheDims, attend, output_logits, split_heads
 
 
 class HFT5(nn.Module):
@@ -108,4 +108,4 @@ class HFT5(nn.Module):
         x = self.decoder.final_layer_norm(x[:, 0])
         if self.scale_output:
             x = x * self.d_model**-0.5
-        return self.hf.lm_head(x), new
+        return output_logits(self.hf.lm_head, x), new
