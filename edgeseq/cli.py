@@ -372,10 +372,27 @@ def demo(out: str | None, arch: str, cell: str, attention: str, steps: int | Non
     run_demo(Path(out) if out else None, options, echo=click.echo)
 
 
+# Optional dependencies, and the extra that brings each: the base install is the runtime alone.
+EXTRAS = {
+    **dict.fromkeys(("torch", "onnx", "onnxsim", "onnxscript", "safetensors", "tqdm", "sacrebleu"), "export"),
+    "transformers": "hf",
+    **dict.fromkeys(("tokenizers", "sentencepiece"), "text"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit status."""
     try:
         cli.main(args=argv, prog_name="edgeseq", standalone_mode=False)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        click.echo(
+            f"edgeseq: error: this command needs {top}, which this install lacks: pip install 'edgeseq[{EXTRAS[top]}]'",
+            err=True,
+        )
+        sys.exit(1)
     except EdgeseqError as e:
         click.echo(f"edgeseq: error: {e}", err=True)
         sys.exit(e.exit_code)

@@ -163,3 +163,26 @@ def test_bench_prints_both_engines_side_by_side(checkpoint_and_bundle, tmp_path)
     data = json.loads(out.read_text())
     assert [d["engine"] for d in data] == ["onnxruntime", "pytorch"]
     assert all(len(d["step_ms"]) == 12 and d["tokens_per_s"] > 0 for d in data)
+
+
+@pytest.mark.parametrize(
+    "blocked, args, extra",
+    [
+        ("torch", ["export", "x.safetensors", "--out", "y"], "export"),
+        ("transformers", ["export", "{hf}", "--out", "y"], "hf"),
+    ],
+)
+def test_missing_optional_dependency_names_the_extra(tmp_path, blocked, args, extra):
+    """The base install is the runtime: export-side commands say which extra to install, in one line."""
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "marian"}))
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None; from edgeseq.cli import main; "
+        f"main({[a.format(hf=hf) for a in args]!r})"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == (
+        f"edgeseq: error: this command needs {blocked}, which this install lacks: pip install 'edgeseq[{extra}]'"
+    )
