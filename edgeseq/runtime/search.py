@@ -59,7 +59,21 @@ class _Row:
     alignment: list[np.ndarray] | None = None
 
 
-class TokenByToken:
+class _Search:
+    """What every strategy keeps: the options, banned tokens, source lengths and </s>."""
+
+    def __init__(
+        self,
+        source_lengths: Sequence[int],
+        special_tokens: dict[str, int],
+        options: DecodingOptions,
+        banned: tuple[int, ...],
+    ) -> None:
+        self.options, self.banned, self.lengths = options, banned, list(source_lengths)
+        self.eos = special_tokens["eos"]
+
+
+class TokenByToken(_Search):
     """Greedy decoding, or sampling (`options.sample`) with `nbest` independent samples per source.
 
     A finished row stops costing work: it leaves the batch.
@@ -72,8 +86,7 @@ class TokenByToken:
         options: DecodingOptions,
         banned: tuple[int, ...] = (),
     ) -> None:
-        self.options, self.banned, self.lengths = options, banned, list(source_lengths)
-        self.eos = special_tokens["eos"]
+        super().__init__(source_lengths, special_tokens, options, banned)
         copies = options.nbest if options.sample else 1
         self.rows = [
             _Row(s, [], 0.0, [] if options.return_alignments else None)
@@ -131,7 +144,7 @@ class TokenByToken:
         return [sorted(h, key=lambda x: -x.score) for h in out]
 
 
-class BeamSearch:
+class BeamSearch(_Search):
     """Beam search with the semantics of Hugging Face transformers' `generate()` (v5):
 
     each step keeps the 2 * beam best continuations of a source; those among the top `beam` that end (</s>,
@@ -148,8 +161,8 @@ class BeamSearch:
         options: DecodingOptions,
         banned: tuple[int, ...] = (),
     ) -> None:
-        self.options, self.banned, self.lengths = options, banned, list(source_lengths)
-        self.k, self.eos = options.beam_size, special_tokens["eos"]
+        super().__init__(source_lengths, special_tokens, options, banned)
+        self.k = options.beam_size
         n = len(source_lengths)
         self.sources = np.arange(n)  # sources still searching, in batch order; each has k rows
         self.history = np.full((n * self.k, 1), special_tokens["decoder_start"], dtype=np.int64)
