@@ -33,7 +33,7 @@ from edgeseq.export.rnn import RNNAdapter
 from edgeseq.export.simplify import simplify_graph
 from edgeseq.export.trace import ExportError, trace_graph
 from edgeseq.export.transformer import TransformerAdapter
-from edgeseq.export.weights import WEIGHTS_FILE, share_weights
+from edgeseq.export.weights import WEIGHTS_FILE, share_weights, split_projections
 from edgeseq.fsutil import replace_dir
 from edgeseq.models.rnn import RNNSeq2Seq
 from edgeseq.models.transformer import TransformerSeq2Seq
@@ -183,8 +183,13 @@ def export_model(
                 simplified[name] = simplify_graph(tmp / spec.file, spec)
         progress("sharing weights between graphs")
         sharing = share_weights(tmp, [spec.file for spec in specs.values()])
+        split = split_projections(tmp, [spec.file for spec in specs.values()])
         entry = tokenizer.write(tmp)
-        made_from = {**(made_from or {}), "weights": asdict(sharing), "simplify": simplified or None}
+        made_from = {
+            **(made_from or {}),
+            "weights": {**asdict(sharing), "projections_split": split},
+            "simplify": simplified or None,
+        }
         manifest = _manifest(adapter, specs, tmp, entry, tokenizer, options, made_from, generation or {}, banned_tokens)
         manifest.save(tmp)
         report = None

@@ -25,7 +25,7 @@ import onnx
 from edgeseq.bundle import Manifest, file_sha256
 from edgeseq.errors import OptionsError
 from edgeseq.export.trace import set_declared_types
-from edgeseq.export.weights import WEIGHTS_FILE, share_weights
+from edgeseq.export.weights import WEIGHTS_FILE, share_weights, split_projections
 from edgeseq.fsutil import replace_dir
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.generator import OrtBackend
@@ -225,8 +225,10 @@ def quantize_bundle(
             sizes[name] = model.ByteSize()
         for f in tokenizer_files(bundle.manifest.tokenizer):
             shutil.copyfile(src / f, tmp / f)
-        sharing = share_weights(tmp, [g.file for g in bundle.manifest.graphs.values()])
-        _manifest(bundle.manifest, tmp, recipe, src, sizes, asdict(sharing)).save(tmp)
+        files = [g.file for g in bundle.manifest.graphs.values()]
+        sharing = share_weights(tmp, files)
+        split = split_projections(tmp, files)
+        _manifest(bundle.manifest, tmp, recipe, src, sizes, {**asdict(sharing), "projections_split": split}).save(tmp)
         load_bundle(tmp)  # the new bundle must open cleanly before it takes the target name
         replace_dir(tmp, out)
         return out

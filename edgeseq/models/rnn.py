@@ -215,3 +215,30 @@ class RNNSeq2Seq(nn.Module):
             step_logits, state, _ = self.decoder(tgt_in[:, t], state, keys, memory, src_mask)
             logits.append(step_logits)
         return torch.stack(logits, dim=1)
+
+    @torch.no_grad()
+    def greedy(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0
+    ) -> torch.Tensor:
+        """Plain PyTorch greedy decoding, batch at once: (B, max_new_tokens) tokens, </s>-padded after </s>.
+
+        What a PyTorch user runs without edgeseq; the benchmarks' eager baseline. </s> is forbidden for the
+        first `min_new_tokens` steps.
+        """
+        cfg = self.cfg
+        memory, enc_states = self.encoder(src_ids, src_mask)
+        keys = self.attention_keys(memory)
+        state = self.decoder.initial_state(enc_states)
+        tokens = torch.full((src_ids.shape[0],), cfg.bos_id, dtype=torch.long)
+        done = torch.zeros_like(tokens, dtype=torch.bool)
+        out = []
+        for step in range(max_new_tokens):
+            logits, state, _ = self.decoder(tokens, state, keys, memory, src_mask)
+            if step < min_new_tokens:
+                logits[:, cfg.eos_id] = float("-inf")
+            tokens = torch.where(done, cfg.eos_id, logits.argmax(-1))
+            out.append(tokens)
+            done |= tokens == cfg.eos_id
+            if bool(done.all()):
+                break
+        return torch.stack(out, dim=1)

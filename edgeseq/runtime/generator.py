@@ -17,15 +17,21 @@ from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, resolve_providers
 
 
-def session_options(threads: int | None, spin: bool) -> ort.SessionOptions:
-    """Full graph optimisation, `threads` intra-op threads. Only the step session spins its threads: each
-    session has its own pool, and a pool left spinning after the encoder would steal the step's cores."""
+def session_options(threads: int | None, step: bool) -> ort.SessionOptions:
+    """Full graph optimisation, `threads` intra-op threads.
+
+    Only the decoder step's session spins its threads (each session has its own pool, and a pool left
+    spinning after the encoder would steal the step's cores) and repacks its weights for the GEMM kernels
+    at load: it runs every token. The encoder and attention graphs run once per batch; they read their
+    weights where they lie, mapped from the bundle, rather than holding a repacked copy.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if step else "0")
+    options.add_session_config_entry("session.disable_prepacking", "0" if step else "1")
     return options
 
 
@@ -35,7 +41,7 @@ class OrtBackend:
     def __init__(self, bundle: Bundle, provider: str = "cpu", threads: int | None = None) -> None:
         self.providers = resolve_providers(provider)
         self.sessions = {
-            name: GraphSession(bundle, name, self.providers, session_options(threads, spin=name == "decoder_step"))
+            name: GraphSession(bundle, name, self.providers, session_options(threads, step=name == "decoder_step"))
             for name in bundle.manifest.graphs
         }
         self.graphs = bundle.manifest.graphs

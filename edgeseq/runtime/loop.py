@@ -89,40 +89,36 @@ class Decoding:
         self.strategy: Strategy = make_strategy(options, [len(s) for s in sources], backend.special_tokens, banned)
         self.axes = batch_axes(backend)
         self.row_sources = np.arange(len(sources))
-        self._take(self.strategy.start_rows())
         self.step_inputs = [t.name for t in backend.step_graph.inputs]
+        self._take(self.strategy.start_rows(), force=True)
 
-    def _take(self, rows: np.ndarray) -> None:
+    def _take(self, rows: np.ndarray, force: bool = False) -> None:
         """Carry `rows` (indices of the current rows) forward: states always, context when sources change."""
-        if np.array_equal(rows, np.arange(len(self.row_sources))):
+        if np.array_equal(rows, np.arange(len(self.row_sources))) and not force:
             return
         specs = {s.input: s for s in self.spec.states}
         self.state.states = {k: np.take(v, rows, axis=specs[k].batch_axis) for k, v in self.state.states.items()}
         sources = self.row_sources[rows]
-        if not np.array_equal(sources, self.row_sources):  # beams reordered within a source share context
+        if force or not np.array_equal(sources, self.row_sources):  # beams reordered within a source share context
             self.state.context = {
                 k: np.take(v, rows, axis=self.axes[k]) if k in self.axes else v for k, v in self.state.context.items()
             }
+            # the step's inputs that stay fixed until the rows' sources change again
+            self.fixed = {n: self.state.context[n] for n in self.step_inputs if n in self.state.context}
         self.row_sources = sources
 
     def steps(self) -> Iterator[list[tuple[int, int]]]:
         """Run the decoder; after each step yield the (source, token) pairs decided at it."""
-        spec = self.spec
+        spec, strategy = self.spec, self.strategy
+        pairs = [(s.input, s.output) for s in spec.states]
+        alignment = spec.alignment_output if self.options.return_alignments else None
         for step in range(self.options.max_new_tokens):
-            feeds = {}
-            for name in self.step_inputs:
-                if name == spec.tokens_input:
-                    feeds[name] = self.strategy.last_tokens()
-                elif name == spec.step_input:
-                    feeds[name] = np.array(step, dtype=np.int64)
-                elif name in self.state.states:
-                    feeds[name] = self.state.states[name]
-                else:
-                    feeds[name] = self.state.context[name]
+            feeds = {**self.fixed, **self.state.states, spec.tokens_input: strategy.last_tokens()}
+            if spec.step_input:
+                feeds[spec.step_input] = np.array(step, dtype=np.int64)
             out = self.backend.step(feeds)
-            align = out.get(spec.alignment_output) if self.options.return_alignments and spec.alignment_output else None
-            keep = self.strategy.update(out[spec.logits_output], step, align)
-            self.state.states = {s.input: out[s.output] for s in spec.states}
+            keep = strategy.update(out[spec.logits_output], step, out.get(alignment) if alignment else None)
+            self.state.states = {i: out[o] for i, o in pairs}
             if keep is not None:
                 self._take(keep)
             yield self.strategy.emitted()

@@ -17,6 +17,18 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
 
 
+def needs_processing(options: DecodingOptions, banned: tuple[int, ...], step: int) -> bool:
+    """Whether `process` changes anything at `step` (if not, the logits can be used as they are)."""
+    return bool(
+        options.repetition_penalty != 1.0
+        or options.no_repeat_ngram
+        or banned
+        or step < options.min_new_tokens
+        or (step == 0 and options.forced_bos_token is not None)
+        or (options.forced_eos and step == options.max_new_tokens - 1)
+    )
+
+
 def process(
     scores: np.ndarray, history: np.ndarray, step: int, options: DecodingOptions, eos: int, banned: tuple[int, ...] = ()
 ) -> np.ndarray:
@@ -24,15 +36,14 @@ def process(
 
     scores (rows, V) float32; history (rows, t) int64.
     """
-    rows = np.arange(scores.shape[0])
     if options.repetition_penalty != 1.0:
-        for r in rows:
+        for r in range(scores.shape[0]):
             seen = np.unique(history[r])
             s = scores[r, seen]
             scores[r, seen] = np.where(s < 0, s * options.repetition_penalty, s / options.repetition_penalty)
     n = options.no_repeat_ngram
     if n and history.shape[1] >= n:
-        for r in rows:
+        for r in range(scores.shape[0]):
             for token in _banned_ngram_tokens(history[r], n):
                 scores[r, token] = -np.inf
     if banned:

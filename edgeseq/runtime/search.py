@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from edgeseq.runtime.options import DecodingOptions
-from edgeseq.runtime.processors import log_softmax, process, sample, warp
+from edgeseq.runtime.processors import log_softmax, needs_processing, process, sample, warp
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,10 @@ class TokenByToken(_Search):
             for s in range(len(source_lengths))
             for _ in range(copies)
         ]
-        self.active = np.arange(len(self.rows))  # row index of each batch row
-        self.history = np.full((len(self.rows), 1), special_tokens["decoder_start"], dtype=np.int64)
+        self.active = list(range(len(self.rows)))  # row index of each batch row
+        # each row's decoder input so far (HF's input_ids), in a buffer filled one column per step
+        self.buffer = np.full((len(self.rows), options.max_new_tokens + 1), special_tokens["decoder_start"], np.int64)
+        self.length = 1
         seed = options.seed
         self.generators = [np.random.default_rng(None if seed is None else [seed, i]) for i in range(len(self.rows))]
         self._emitted: list[tuple[int, int]] = []
@@ -102,32 +104,45 @@ class TokenByToken(_Search):
     def start_rows(self) -> np.ndarray:
         return np.array([r.source for r in self.rows], dtype=np.int64)
 
+    @property
+    def history(self) -> np.ndarray:
+        return self.buffer[:, : self.length]
+
     def last_tokens(self) -> np.ndarray:
-        return self.history[:, -1]
+        return self.buffer[:, self.length - 1]
 
     def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
-        scores = process(logits.astype(np.float32, copy=True), self.history, step, self.options, self.eos, self.banned)
-        logprobs = log_softmax(scores)  # (rows, V)
-        if self.options.sample:
-            chosen = sample(warp(scores, self.options), [self.generators[i] for i in self.active])
+        # This runs once per token: few numpy calls, no (rows, V) temporaries beyond the one exp.
+        o = self.options
+        if needs_processing(o, self.banned, step):
+            scores = process(logits.astype(np.float32, copy=True), self.history, step, o, self.eos, self.banned)
         else:
-            chosen = logprobs.argmax(axis=-1)
-        gained = logprobs[np.arange(len(chosen)), chosen]
+            scores = logits if logits.dtype == np.float32 else logits.astype(np.float32)
+        # log-probability of the chosen tokens: score - logsumexp(scores), without a (rows, V) log_softmax
+        top = scores.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp(scores - top).sum(axis=-1))  # logsumexp(scores) - top
+        if o.sample:
+            chosen = sample(warp(scores, o), [self.generators[i] for i in self.active])
+            gained = (scores[np.arange(len(chosen)), chosen] - top[:, 0] - lse).tolist()
+        else:
+            chosen = scores.argmax(axis=-1)
+            gained = (-lse).tolist()  # the greedy choice is the maximum: its log-probability is -lse
         self._emitted = []
-        for b, i in enumerate(self.active):
+        tokens = chosen.tolist()
+        for b, (i, token, gain) in enumerate(zip(self.active, tokens, gained)):
             row = self.rows[i]
-            row.score += float(gained[b])
+            row.score += gain
             if row.alignment is not None and alignment is not None:
                 row.alignment.append(alignment[b, : self.lengths[row.source]].copy())
-            if chosen[b] != self.eos:
-                row.tokens.append(int(chosen[b]))
-                self._emitted.append((row.source, int(chosen[b])))
-        self.history = np.concatenate([self.history, chosen[:, None].astype(np.int64)], axis=1)
-        finished = chosen == self.eos
-        if not finished.any():
+            if token != self.eos:
+                row.tokens.append(token)
+                self._emitted.append((row.source, token))
+        self.buffer[:, self.length] = chosen
+        self.length += 1
+        if self.eos not in tokens:
             return None
-        keep = np.flatnonzero(~finished)
-        self.active, self.history = self.active[keep], self.history[keep]
+        keep = np.array([b for b, token in enumerate(tokens) if token != self.eos], dtype=np.int64)
+        self.active, self.buffer = [self.active[b] for b in keep], self.buffer[keep]
         return keep
 
     def emitted(self) -> list[tuple[int, int]]:

@@ -68,10 +68,14 @@ class GraphSession:
         check_io(name, self.spec, self.session)
         self.input_names = [t.name for t in self.spec.inputs]
         self.output_names = [t.name for t in self.spec.outputs]
+        # The binding under InferenceSession.run: that wrapper re-validates the input names on every call,
+        # which the check above has done once. Falls back to the public method if the binding moves.
+        self._run = getattr(getattr(self.session, "_sess", None), "run", None)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feeds by name (extra names ignored) -> outputs by name."""
-        values = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
+        feeds = {n: feeds[n] for n in self.input_names}
+        values = self._run(self.output_names, feeds, None) if self._run else self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values))
 
 

@@ -1,0 +1,415 @@
+"""Decoding speed, side by side: edgeseq against PyTorch eager, CTranslate2 and Optimum (issue 7).
+
+    .venv/bin/python benchmarks/speed.py [--work DIR] [--threads 2] [--optimum-python PATH] [--workload NAME]
+
+Models: a random-weight Marian model shaped like opus-mt-en-de (d_model 512, 6+6 layers, 8 heads, FFN 2048,
+vocabulary 58101), and the demo's attention-LSTM (`edgeseq demo`, trained once into the work folder).
+Workloads (exactly `tokens` generated per sentence: </s> is forbidden until then, so random weights decode
+as far as trained ones):
+
+    marian-greedy   Marian, batch 1, greedy, a 24-token source, 64 tokens
+    marian-beam     Marian, batch 16, beam 4, 24-token sources, 64 tokens
+    lstm-greedy     demo attention-LSTM, batch 1, greedy, a 24-token source, 64 tokens
+
+Engines: edgeseq fp32 and dynamic-int8 (the runtime: numpy + onnxruntime), PyTorch eager (`generate()` for
+Marian, the model's own greedy loop for the LSTM), CTranslate2 float32 / int8 when it is installed, Optimum
+ORTModelForSeq2SeqLM with --optimum-python (an interpreter where optimum-onnx is installed: it needs
+transformers < 4.58). CTranslate2 and Optimum are benchmark-only dependencies and serve only the Hugging Face
+model. Every engine runs in its own process (peak RSS is its own) with the same thread count.
+
+Every engine is timed the same way from outside: the whole call for `tokens` tokens (p50/p95 over repeats;
+tokens/s from the median), the call for 1 token (first-token latency: encoder, attention, one step), and
+the steady step time (full - first) / (tokens - 1). The floor is the bytes of weights one decoder step reads
+divided by the read bandwidth measured with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+VOCAB, D, LAYERS, HEADS, FFN = 58101, 512, 6, 8, 2048
+SOURCE_LEN, NEW_TOKENS = 24, 64
+WORKLOADS = {  # name: (model, batch, beam)
+    "marian-greedy": ("marian", 1, 1),
+    "marian-beam": ("marian", 16, 4),
+    "lstm-greedy": ("lstm", 1, 1),
+}
+
+
+def make_model(folder: Path) -> None:
+    """An HF Marian folder with opus-mt-en-de's shape and random weights (tokenizer: tiny spm, full vocab)."""
+    import sentencepiece as spm
+    import torch
+    from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog\nhello world\n" * 20)
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"),
+        model_prefix=str(folder / "spm"),
+        vocab_size=29,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    vocab = {"</s>": 0, "<unk>": 1}
+    for i in range(sp.get_piece_size()):
+        vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    while len(vocab) < VOCAB - 1:
+        vocab[f"\u2581w{len(vocab)}"] = len(vocab)
+    vocab["<pad>"] = VOCAB - 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    for name in ("source.spm", "target.spm"):
+        (folder / name).write_bytes((folder / "spm.model").read_bytes())
+    MarianTokenizer(str(folder / "source.spm"), str(folder / "target.spm"), str(folder / "vocab.json")).save_pretrained(
+        folder
+    )
+    config = MarianConfig(
+        vocab_size=VOCAB,
+        d_model=D,
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=FFN,
+        decoder_ffn_dim=FFN,
+        max_position_embeddings=512,
+        pad_token_id=VOCAB - 1,
+        eos_token_id=0,
+        decoder_start_token_id=VOCAB - 1,
+        activation_function="swish",
+    )
+    torch.manual_seed(0)
+    model = MarianMTModel(config).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=VOCAB - 1, eos_token_id=0, pad_token_id=VOCAB - 1, max_length=512
+    )
+    model.save_pretrained(folder)
+
+
+def sources(workload: str, vocab_ids: tuple[int, int] = (2, 28), eos: int = 0) -> list[list[int]]:
+    """The workload's source id lists (random ids from the spm pieces' range, </s> last)."""
+    _, batch, _ = WORKLOADS[workload]
+    rng = np.random.default_rng(0)
+    return [[*map(int, rng.integers(*vocab_ids, size=SOURCE_LEN - 1)), eos] for _ in range(batch)]
+
+
+def measure(run, repeats: int, min_seconds: float = 1.0) -> dict:
+    """Time run(tokens) from outside: full calls (p50/p95), 1-token calls (first token), the steady step."""
+    run(NEW_TOKENS)  # warm-up: allocations, lazy initialisation
+    full: list[float] = []
+    start = time.perf_counter()
+    while len(full) < repeats or (time.perf_counter() - start < min_seconds and len(full) < 200):
+        t = time.perf_counter()
+        run(NEW_TOKENS)
+        full.append(time.perf_counter() - t)
+    first = []
+    for _ in range(max(3, min(len(full), 20))):
+        t = time.perf_counter()
+        run(1)
+        first.append(time.perf_counter() - t)
+    p50, p95 = np.percentile(full, [50, 95])
+    first_s = statistics.median(first)
+    return {
+        "p50_ms": 1000 * p50,
+        "p95_ms": 1000 * p95,
+        "first_ms": 1000 * first_s,
+        "step_ms": 1000 * (p50 - first_s) / (NEW_TOKENS - 1),
+        "seconds": p50,
+        "runs": len(full),
+    }
+
+
+def engine_edgeseq(work: Path, threads: int, workload: str, bundle: str) -> dict:
+    from edgeseq.runtime import Generator
+    from edgeseq.runtime.options import DecodingOptions
+
+    t = time.perf_counter()
+    gen = Generator(work / bundle, threads=threads)
+    load = time.perf_counter() - t
+    _, batch, beam = WORKLOADS[workload]
+    eos = gen.bundle.manifest.special_tokens["eos"]
+    vocab = (4, gen.bundle.manifest.source_vocab_size) if workload.startswith("lstm") else (2, 28)
+    src = sources(workload, vocab, eos)
+
+    def run(n):
+        gen.generate_ids(src, DecodingOptions(max_new_tokens=n, min_new_tokens=n, beam_size=beam))
+
+    return {**measure(run, 10), "load_s": load, "bytes": sum(f.stat().st_size for f in (work / bundle).iterdir())}
+
+
+def engine_pytorch(work: Path, threads: int, workload: str) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    _, batch, beam = WORKLOADS[workload]
+    if workload.startswith("lstm"):
+        from edgeseq.export import load_checkpoint
+        from edgeseq.runtime.batching import pad_batch
+
+        t = time.perf_counter()
+        model = load_checkpoint(work / "demo" / "dates.safetensors").model.eval()
+        load = time.perf_counter() - t
+        src = sources(workload, (4, model.cfg.src_vocab_size), model.cfg.eos_id)
+        ids, mask = (torch.from_numpy(a) for a in pad_batch(src, model.cfg.pad_id))
+
+        def run(n):
+            model.greedy(ids, mask, n, n)
+
+        size = (work / "demo" / "dates.safetensors").stat().st_size
+    else:
+        from transformers import MarianMTModel
+
+        t = time.perf_counter()
+        model = MarianMTModel.from_pretrained(work / "hf").eval()
+        load = time.perf_counter() - t
+        ids = torch.tensor(sources(workload))
+
+        def run(n):
+            with torch.no_grad():
+                model.generate(input_ids=ids, num_beams=beam, do_sample=False, max_new_tokens=n, min_new_tokens=n)
+
+        size = (work / "hf" / "model.safetensors").stat().st_size
+    return {**measure(run, 5), "load_s": load, "bytes": size}
+
+
+def engine_ctranslate2(work: Path, threads: int, workload: str, compute_type: str) -> dict:
+    import ctranslate2
+
+    model_dir = work / f"ct2-{compute_type}"
+    if not model_dir.exists():
+        ctranslate2.converters.TransformersConverter(str(work / "hf")).convert(
+            str(model_dir), quantization=compute_type
+        )
+    t = time.perf_counter()
+    translator = ctranslate2.Translator(
+        str(model_dir), device="cpu", intra_threads=threads, inter_threads=1, compute_type=compute_type
+    )
+    load = time.perf_counter() - t
+    vocab = {v: k for k, v in json.loads((work / "hf" / "vocab.json").read_text()).items()}
+    batch = [[vocab[i] for i in src[:-1]] for src in sources(workload)]
+    beam = WORKLOADS[workload][2]
+
+    def run(n):
+        translator.translate_batch(batch, beam_size=beam, max_decoding_length=n, min_decoding_length=n)
+
+    return {**measure(run, 5), "load_s": load, "bytes": sum(f.stat().st_size for f in model_dir.iterdir())}
+
+
+def engine_optimum(work: Path, threads: int, workload: str) -> dict:
+    import onnxruntime
+    import torch
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    out = work / "optimum"
+    if not out.exists():
+        ORTModelForSeq2SeqLM.from_pretrained(work / "hf", export=True).save_pretrained(out)
+    t = time.perf_counter()
+    model = ORTModelForSeq2SeqLM.from_pretrained(out, session_options=options)
+    load = time.perf_counter() - t
+    ids = torch.tensor(sources(workload))
+    beam = WORKLOADS[workload][2]
+
+    def run(n):
+        model.generate(input_ids=ids, num_beams=beam, do_sample=False, max_new_tokens=n, min_new_tokens=n)
+
+    return {**measure(run, 3), "load_s": load, "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM; unlike ru_maxrss it does not carry the parent's over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def read_bandwidth_gbs(threads: int) -> float:
+    """Memory read bandwidth with `threads` threads, each summing its share of 512 MB (numpy frees the GIL)."""
+    parts = [np.ones(128 * 1024 * 1024 // threads, dtype=np.float32) for _ in range(threads)]
+    best = float("inf")
+    for _ in range(5):
+        workers = [threading.Thread(target=np.add.reduce, args=(p,)) for p in parts]
+        t = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = min(best, time.perf_counter() - t)
+    return sum(p.nbytes for p in parts) / best / 1e9
+
+
+def step_weight_bytes(bundle: Path) -> int:
+    """Bytes of weights one decoder step reads: its graph's initializers, gathered tables counted by one row."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(bundle / "decoder_step.onnx"), load_external_data=False)
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
+    total = 0
+    for t in model.graph.initializer:
+        ext = {e.key: e.value for e in t.external_data}
+        size = int(ext["length"]) if "length" in ext else numpy_helper.to_array(t).nbytes
+        total += size // t.dims[0] if t.name in gathered and t.dims else size
+    return total
+
+
+def engines_for(workload: str, work: Path, optimum_python: str | None) -> list[tuple[str, str, str]]:
+    """(label, engine spec, interpreter) for every engine that can run `workload` here."""
+    if workload.startswith("lstm"):
+        return [("edgeseq fp32", "edgeseq:demo/bundle", sys.executable), ("pytorch eager", "pytorch", sys.executable)]
+    engines = [
+        ("edgeseq fp32", "edgeseq:edgeseq-fp32", sys.executable),
+        ("edgeseq int8", "edgeseq:edgeseq-int8", sys.executable),
+        ("pytorch eager", "pytorch", sys.executable),
+    ]
+    try:
+        import ctranslate2  # noqa: F401
+
+        engines += [
+            ("ctranslate2 fp32", "ctranslate2:float32", sys.executable),
+            ("ctranslate2 int8", "ctranslate2:int8", sys.executable),
+        ]
+    except ImportError:
+        print("ctranslate2 is not installed: skipped", file=sys.stderr)
+    if optimum_python:
+        engines.append(("optimum fp32", "optimum", optimum_python))
+    return engines
+
+
+def prepare(work: Path, workloads: list[str]) -> None:
+    """Build what the workloads need, once: the Marian folder and its bundles, the trained demo model."""
+    if any(w.startswith("marian") for w in workloads):
+        if not (work / "hf" / "model.safetensors").exists():
+            print("building the random opus-mt-en-de-shaped Marian model ...", file=sys.stderr)
+            make_model(work / "hf")
+        for bundle, cmd in (
+            (
+                "edgeseq-fp32",
+                ["export", str(work / "hf"), "--out", str(work / "edgeseq-fp32"), "--max-new-tokens", "8"],
+            ),
+            (
+                "edgeseq-int8",
+                ["quantize", str(work / "edgeseq-fp32"), "--out", str(work / "edgeseq-int8"), "--mode", "dynamic-int8"],
+            ),
+        ):
+            if not (work / bundle).exists():
+                print(f"making {bundle} ...", file=sys.stderr)
+                subprocess.run([sys.executable, "-m", "edgeseq", *cmd], check=True, stdout=subprocess.DEVNULL)
+    if any(w.startswith("lstm") for w in workloads) and not (work / "demo").exists():
+        print("training the demo attention-LSTM (edgeseq demo) ...", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "edgeseq", "demo", "--out", str(work / "demo")],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+RATIOS = (
+    ("edgeseq fp32", "ctranslate2 fp32"),
+    ("edgeseq int8", "ctranslate2 int8"),
+    ("edgeseq fp32", "optimum fp32"),
+    ("edgeseq fp32", "pytorch eager"),
+)
+
+
+def report(workload: str, results: dict, threads: int, bandwidth: float, work: Path) -> None:
+    model, batch, beam = WORKLOADS[workload]
+    search = "greedy" if beam == 1 else f"beam {beam}"
+    print(
+        f"\n{workload}: {model}, batch {batch}, {search}, {SOURCE_LEN}-token sources, {NEW_TOKENS} tokens, "
+        f"{threads} threads; read bandwidth {bandwidth:.1f} GB/s"
+    )
+    print(
+        f"{'engine':<18}{'tokens/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'first ms':>10}{'step ms':>9}{'floor ms':>10}"
+        f"{'RSS MB':>8}{'load s':>8}{'MB':>8}"
+    )
+    for label, r in results.items():
+        floor = "-"
+        if label.startswith("edgeseq"):
+            floor = f"{step_weight_bytes(work / r['bundle']) / bandwidth / 1e6:.2f}"
+        print(
+            f"{label:<18}{r['tokens_per_s']:>10.1f}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['first_ms']:>10.2f}"
+            f"{r['step_ms']:>9.3f}{floor:>10}{r['peak_rss_mb']:>8.0f}{r['load_s']:>8.2f}{r['bytes'] / 1e6:>8.1f}"
+        )
+    for a, b in RATIOS:
+        if a in results and b in results:
+            ra, rb = results[a], results[b]
+            print(
+                f"{a} / {b}: tokens/s {ra['tokens_per_s'] / rb['tokens_per_s']:.2f}x, "
+                f"peak RSS {ra['peak_rss_mb'] / rb['peak_rss_mb']:.2f}x"
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="/tmp/edgeseq-speed-bench")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--optimum-python", help="an interpreter with optimum-onnx installed")
+    p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    p.add_argument("--json", help="also write every figure to this file")
+    p.add_argument("--engine", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    work = Path(args.work)
+    if args.engine:  # one engine in this process
+        name, *rest = args.engine.split(":")
+        fn = {
+            "edgeseq": engine_edgeseq,
+            "pytorch": engine_pytorch,
+            "ctranslate2": engine_ctranslate2,
+            "optimum": engine_optimum,
+        }[name]
+        result = fn(work, args.threads, args.workload, *rest)
+        _, batch, _ = WORKLOADS[args.workload]
+        result.update(peak_rss_mb=peak_rss_mb(), tokens_per_s=batch * NEW_TOKENS / result["seconds"])
+        if name == "edgeseq":
+            result["bundle"] = rest[0]
+        print(json.dumps(result))
+        return
+    workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    prepare(work, workloads)
+    bandwidth = read_bandwidth_gbs(args.threads)
+    everything = {}
+    for workload in workloads:
+        results = {}
+        for label, engine, python in engines_for(workload, work, args.optimum_python):
+            cmd = [
+                python,
+                __file__,
+                "--work",
+                str(work),
+                "--threads",
+                str(args.threads),
+                "--workload",
+                workload,
+                "--engine",
+                engine,
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                err = out.stderr.strip().splitlines()
+                print(f"{workload} {label}: failed: {err[-1] if err else out.returncode}", file=sys.stderr)
+                continue
+            results[label] = json.loads(out.stdout.strip().splitlines()[-1])
+        report(workload, results, args.threads, bandwidth, work)
+        everything[workload] = results
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bandwidth_gbs": bandwidth, **everything}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
