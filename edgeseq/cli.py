@@ -144,6 +144,8 @@ def generate(
     if not sources:
         raise EdgeseqError("no sources: pass text arguments or --input FILE")
     gen = Generator(load_bundle(bundle, verify_checksums=not no_verify), provider=provider, threads=threads)
+    if gen.backend.note:
+        click.echo(f"edgeseq: {gen.backend.note}", err=True)
     options = gen.options.replace(**{k: v for k, v in flags.items() if v is not None})
     if stream:
         _stream(gen, sources, options, as_json)
@@ -310,6 +312,10 @@ def info(bundle: str) -> None:
 @click.option("--new-tokens", default=64, show_default=True, help="Tokens generated per source (exactly).")
 @click.option("--threads", default=2, show_default=True, help="Threads for every engine.")
 @click.option("--repeats", default=3, show_default=True, help="Timed runs per engine (the median is reported).")
+@click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or auto (the runtime's provider).")
+@click.option(
+    "--io-binding/--no-io-binding", default=None, help="Keep states on the device between steps (default: on CUDA)."
+)
 @click.option("--json", "json_out", help="Also write the figures as JSON to this file.")
 def bench(
     bundle: str,
@@ -319,6 +325,8 @@ def bench(
     new_tokens: int,
     threads: int,
     repeats: int,
+    provider: str,
+    io_binding: bool | None,
     json_out: str | None,
 ) -> None:
     """Time greedy decoding with BUNDLE (and PyTorch eager with --reference), side by side."""
@@ -331,7 +339,11 @@ def bench(
     if m.max_target_length and new_tokens > m.max_target_length:
         raise EdgeseqError(f"--new-tokens {new_tokens} exceeds the model's {m.max_target_length} target positions")
     sources = random_sources(m.source_vocab_size, batch, source_len)
-    results = [bench_decode("onnxruntime", OrtBackend(b, threads=threads), m.decoder, sources, new_tokens, repeats)]
+    backend = OrtBackend(b, provider, threads, io_binding)
+    if backend.note:
+        click.echo(f"edgeseq: {backend.note}", err=True)
+    engine = "onnxruntime" + ("" if backend.device == "cpu" else f"-{backend.device}") + ("+binding" if backend.bound else "")
+    results = [bench_decode(engine, backend, m.decoder, sources, new_tokens, repeats)]
     if reference:
         import torch
 

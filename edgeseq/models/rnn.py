@@ -57,10 +57,10 @@ class RNNConfig:
         return asdict(self)
 
 
-def _rnn(cfg: RNNConfig, input_size: int, hidden: int, bidirectional: bool) -> nn.RNNBase:
+def _rnn(cfg: RNNConfig, input_size: int, hidden: int, bidirectional: bool, batch_first: bool = True) -> nn.RNNBase:
     cls = nn.LSTM if cfg.cell == "lstm" else nn.GRU
     dropout = cfg.dropout if cfg.layers > 1 else 0.0
-    return cls(input_size, hidden, cfg.layers, batch_first=True, dropout=dropout, bidirectional=bidirectional)
+    return cls(input_size, hidden, cfg.layers, batch_first=batch_first, dropout=dropout, bidirectional=bidirectional)
 
 
 class RNNEncoder(nn.Module):
@@ -146,7 +146,8 @@ class RNNDecoder(nn.Module):
         h = cfg.hidden
         self.emb = nn.Embedding(cfg.tgt_vocab_size, cfg.emb_dim, padding_idx=cfg.pad_id)
         self.drop = nn.Dropout(cfg.dropout)
-        self.rnn = _rnn(cfg, cfg.emb_dim + (0 if cfg.attention == "none" else h), h, False)
+        # time-major: one step is a (1, B, E) sequence, which ONNX's RNN ops take without transposes
+        self.rnn = _rnn(cfg, cfg.emb_dim + (0 if cfg.attention == "none" else h), h, False, batch_first=False)
         self.attn: nn.Module | None = None
         self.combine: nn.Linear | None = None
         if cfg.attention == "bahdanau":
@@ -178,8 +179,8 @@ class RNNDecoder(nn.Module):
         elif self.combine is not None:
             x = torch.cat([x, state["feed"]], dim=-1)
         rnn_state = (state["h"], state["c"]) if self.cfg.cell == "lstm" else state["h"]
-        out, rnn_state = self.rnn(x.unsqueeze(1), rnn_state)  # (B, 1, H)
-        s = out.squeeze(1)  # (B, H)
+        out, rnn_state = self.rnn(x.unsqueeze(0), rnn_state)  # (1, B, H)
+        s = out.squeeze(0)  # (B, H)
         new = dict(zip(["h", "c"], rnn_state)) if self.cfg.cell == "lstm" else {"h": rnn_state}
         if self.cfg.attention == "bahdanau":
             logits = self.out(self.drop(torch.cat([s, context], dim=-1)))

@@ -14,7 +14,8 @@ from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.loop import Decoding, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
-from edgeseq.runtime.session import GraphSession, resolve_providers
+from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor
+from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
 
 
 def session_options(threads: int | None, step: bool) -> ort.SessionOptions:
@@ -36,26 +37,53 @@ def session_options(threads: int | None, step: bool) -> ort.SessionOptions:
 
 
 class OrtBackend:
-    """The loop's backend on ONNX Runtime: encoder and attention once per batch, then one step at a time."""
+    """The loop's backend on ONNX Runtime: encoder and attention once per batch, then one step at a time.
 
-    def __init__(self, bundle: Bundle, provider: str = "cpu", threads: int | None = None) -> None:
+    `io_binding` (default: on for CUDA) keeps every tensor the loop carries between runs (encoder and
+    attention outputs, the source, the decoder states and cache) in the provider's memory; only the logits
+    (and attention weights, when asked for) come to the host. See runtime/binding.py.
+    """
+
+    def __init__(
+        self, bundle: Bundle, provider: str = "cpu", threads: int | None = None, io_binding: bool | None = None
+    ) -> None:
         self.providers = resolve_providers(provider)
         self.sessions = {
             name: GraphSession(bundle, name, self.providers, session_options(threads, step=name == "decoder_step"))
             for name in bundle.manifest.graphs
         }
+        notes = {check_provider(provider, s.session, name) for name, s in self.sessions.items()} - {None}
+        self.note = "; ".join(sorted(notes)) or None  # a fallback that `auto` made, for the user to see
+        self.device = DEVICES[self.sessions["decoder_step"].session.get_providers()[0]]
         self.graphs = bundle.manifest.graphs
         self.step_graph = bundle.manifest.graphs["decoder_step"]
         self.special_tokens = bundle.manifest.special_tokens
+        self.bound: dict[str, BoundSession] | None = None
+        if io_binding if io_binding is not None else self.device != "cpu":
+            dec = bundle.manifest.decoder
+            host_outputs = {dec.logits_output, dec.alignment_output}
+            self.bound = {
+                name: BoundSession(s, self.device, [o for o in s.output_names if o not in host_outputs])
+                for name, s in self.sessions.items()
+            }
 
-    def context(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.sessions["encoder"].run(feeds)
-        if "attention" in self.sessions:
-            out.update(self.sessions["attention"].run({**feeds, **out}))
+    def context(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray | DeviceTensor]:
+        if self.bound is None:
+            out = self.sessions["encoder"].run(feeds)
+            if "attention" in self.sessions:
+                out.update(self.sessions["attention"].run({**feeds, **out}))
+            return out
+        # the source goes to the device once; the loop's context then refers to these copies
+        out = {k: DeviceTensor.upload(v, self.device) for k, v in feeds.items()}
+        out.update(self.bound["encoder"].run(out))
+        if "attention" in self.bound:
+            out.update(self.bound["attention"].run(out))
         return out
 
-    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.sessions["decoder_step"].run(feeds)
+    def step(self, feeds: dict[str, np.ndarray | DeviceTensor]) -> dict[str, np.ndarray | DeviceTensor]:
+        if self.bound is None:
+            return self.sessions["decoder_step"].run(feeds)
+        return self.bound["decoder_step"].run(feeds)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One graph by name (for parity checks)."""
@@ -91,9 +119,10 @@ class Generator:
         provider: str = "cpu",
         threads: int | None = None,
         options: DecodingOptions | None = None,
+        io_binding: bool | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.backend = OrtBackend(self.bundle, provider, threads)
+        self.backend = OrtBackend(self.bundle, provider, threads, io_binding)
         self.options = options or self.default_options()
 
     def default_options(self) -> DecodingOptions:

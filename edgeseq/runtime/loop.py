@@ -94,17 +94,21 @@ class Decoding:
 
     def _take(self, rows: np.ndarray, force: bool = False) -> None:
         """Carry `rows` (indices of the current rows) forward: states always, context when sources change."""
-        if np.array_equal(rows, np.arange(len(self.row_sources))) and not force:
+        same = np.array_equal(rows, np.arange(len(self.row_sources)))
+        if same and not force:
             return
-        specs = {s.input: s for s in self.spec.states}
-        self.state.states = {k: np.take(v, rows, axis=specs[k].batch_axis) for k, v in self.state.states.items()}
         sources = self.row_sources[rows]
-        if force or not np.array_equal(sources, self.row_sources):  # beams reordered within a source share context
-            self.state.context = {
-                k: np.take(v, rows, axis=self.axes[k]) if k in self.axes else v for k, v in self.state.context.items()
-            }
-            # the step's inputs that stay fixed until the rows' sources change again
-            self.fixed = {n: self.state.context[n] for n in self.step_inputs if n in self.state.context}
+        if not same:
+            specs = {s.input: s for s in self.spec.states}
+            # numpy arrays and device tensors (runtime/binding.py) both have take(rows, axis=...)
+            self.state.states = {k: v.take(rows, axis=specs[k].batch_axis) for k, v in self.state.states.items()}
+            if not np.array_equal(sources, self.row_sources):  # beams reordered within a source share context
+                self.state.context = {
+                    k: v.take(rows, axis=self.axes[k]) if k in self.axes else v
+                    for k, v in self.state.context.items()
+                }
+        # the step's inputs that stay fixed until the rows' sources change again
+        self.fixed = {n: self.state.context[n] for n in self.step_inputs if n in self.state.context}
         self.row_sources = sources
 
     def steps(self) -> Iterator[list[tuple[int, int]]]:

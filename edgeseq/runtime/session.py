@@ -26,6 +26,8 @@ def resolve_providers(provider: str) -> list[str]:
     """'cpu' | 'cuda' | 'auto' -> ONNX Runtime provider list; a provider that cannot load is an error."""
     _warn_if_both_builds()
     available = ort.get_available_providers()
+    if provider in ("cuda", "auto") and PROVIDERS["cuda"] in available:
+        _preload_cuda_libraries()
     if provider == "auto":
         return [p for p in (PROVIDERS["cuda"], PROVIDERS["cpu"]) if p in available]
     if provider not in PROVIDERS:
@@ -36,6 +38,35 @@ def resolve_providers(provider: str) -> list[str]:
             "for CUDA install edgeseq[gpu] (onnxruntime-gpu) instead of onnxruntime"
         )
     return [PROVIDERS[provider]] + ([PROVIDERS["cpu"]] if provider != "cpu" else [])
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels (as PyTorch installs them) when the system lacks them."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - best effort: the session's own load reports what is missing
+            pass
+
+
+def check_provider(requested: str, session: ort.InferenceSession, graph: str) -> str | None:
+    """ONNX Runtime falls back to the CPU, with only a log line, when a listed provider fails to load.
+
+    'cuda' makes that an error; 'auto' returns a note saying the fallback happened (None: no fallback).
+    """
+    if requested == "cpu" or PROVIDERS["cuda"] in session.get_providers():
+        return None
+    if requested == "auto" and PROVIDERS["cuda"] not in ort.get_available_providers():
+        return "provider auto: this onnxruntime has no CUDA provider; running on the CPU"
+    why = (
+        f"onnxruntime lists CUDAExecutionProvider but could not load it for {graph} (its CUDA or cuDNN libraries "
+        "are missing or do not match: onnxruntime-gpu 1.31+ needs CUDA 13 and cuDNN 9, e.g. from the nvidia-* "
+        "wheels that PyTorch installs)"
+    )
+    if requested == "cuda":
+        raise OptionsError(f"provider 'cuda': {why}")
+    return f"provider auto: {why}; running on the CPU"
 
 
 def _warn_if_both_builds() -> None:
