@@ -342,7 +342,11 @@ def bench(
     backend = OrtBackend(b, provider, threads, io_binding)
     if backend.note:
         click.echo(f"edgeseq: {backend.note}", err=True)
-    engine = "onnxruntime" + ("" if backend.device == "cpu" else f"-{backend.device}") + ("+binding" if backend.bound else "")
+    engine = (
+        "onnxruntime"
+        + ("" if backend.device == "cpu" else f"-{backend.device}")
+        + ("+binding" if backend.bound else "")
+    )
     results = [bench_decode(engine, backend, m.decoder, sources, new_tokens, repeats)]
     if reference:
         import torch

@@ -36,11 +36,24 @@ def _bundles(bundle_factory, transformer_bundle):
 @pytest.mark.parametrize("family", ["lstm-bahdanau", "transformer"])
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_bound_decoding_equals_plain(bundle_factory, transformer_bundle, family, strategy):
+    if strategy == "alignments" and family == "transformer":
+        pytest.skip("the Transformer step does not output attention weights")
     bundle = _bundles(bundle_factory, transformer_bundle)[family]
     sources = mixed_sources(vocabs()[0])  # mixed lengths: rows finish at different steps and leave the batch
     options = STRATEGIES[strategy]
-    plain = Generator(bundle, io_binding=False).generate_ids(sources, options)
-    bound = Generator(bundle, io_binding=True).generate_ids(sources, options)
+    if family == "transformer":  # the tiny random Transformer repeats one token; make it vary
+        options = options.replace(repetition_penalty=3.0)
+    plain_gen, bound_gen = Generator(bundle, io_binding=False), Generator(bundle, io_binding=True)
+    # Random test models rarely say </s>: let another token end a row instead, the one whose first use comes
+    # at the most different steps, so that rows finish at different steps and leave the batch (the states
+    # are then taken row by row on the device).
+    rows = [h[0].tokens for h in plain_gen.generate_ids(sources, options)]
+    first = {t: {row.index(t) for row in rows if t in row} for row in rows for t in row}
+    stop = max(sorted(first), key=lambda t: len(first[t]))
+    for gen in (plain_gen, bound_gen):
+        gen.backend.special_tokens = {**gen.backend.special_tokens, "eos": stop}
+    plain = plain_gen.generate_ids(sources, options)
+    bound = bound_gen.generate_ids(sources, options)
     assert [[h.tokens for h in hyps] for hyps in bound] == [[h.tokens for h in hyps] for hyps in plain]
     for b, p in zip(bound, plain):
         assert [h.score for h in b] == pytest.approx([h.score for h in p], abs=1e-5)
@@ -67,7 +80,7 @@ def test_states_and_context_stay_bound_and_only_logits_come_back(transformer_bun
     assert len(seen) == 5
     context = [t.name for t in gen.bundle.manifest.graphs["decoder_step"].inputs if t.name.startswith("cross_")]
     assert context and all(isinstance(seen[0][0][n], DeviceTensor) for n in [*context, "src_mask"])
-    for feeds, out in seen[1:]:
+    for feeds, _ in seen[1:]:
         assert all(isinstance(feeds[s.input], DeviceTensor) for s in spec.states)  # the last step's outputs
     for _, out in seen:
         assert isinstance(out[spec.logits_output], np.ndarray)

@@ -41,15 +41,17 @@ class DeviceTensor:
         return tuple(self.value.shape())
 
     def numpy(self) -> np.ndarray:
-        return self.value.numpy()
+        return _host_copy(self.value)
 
     def take(self, rows: np.ndarray, axis: int) -> DeviceTensor:
         """The rows `rows` along `axis`, as a new tensor on the same device (through the host)."""
         return DeviceTensor.upload(np.take(self.numpy(), rows, axis=axis), self.device, self.device_id)
 
 
-def to_host(value: np.ndarray | DeviceTensor) -> np.ndarray:
-    return value.numpy() if isinstance(value, DeviceTensor) else value
+def _host_copy(value: ort.OrtValue) -> np.ndarray:
+    """The tensor as a numpy array of its own: for CPU memory OrtValue.numpy() is a view that does not keep
+    the OrtValue alive, so it would dangle once the binding's outputs are released."""
+    return np.array(value.numpy(), copy=True)
 
 
 class BoundSession:
@@ -75,5 +77,5 @@ class BoundSession:
         self.graph.session.run_with_iobinding(binding)
         out: dict[str, np.ndarray | DeviceTensor] = {}
         for name, value in zip(self.graph.output_names, binding.get_outputs()):
-            out[name] = DeviceTensor(value, self.device, self.device_id) if name in self.keep else value.numpy()
+            out[name] = DeviceTensor(value, self.device, self.device_id) if name in self.keep else _host_copy(value)
         return out

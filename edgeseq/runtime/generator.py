@@ -10,11 +10,11 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
+from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.loop import Decoding, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
-from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor
 from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
 
 

@@ -104,8 +104,7 @@ class Decoding:
             self.state.states = {k: v.take(rows, axis=specs[k].batch_axis) for k, v in self.state.states.items()}
             if not np.array_equal(sources, self.row_sources):  # beams reordered within a source share context
                 self.state.context = {
-                    k: v.take(rows, axis=self.axes[k]) if k in self.axes else v
-                    for k, v in self.state.context.items()
+                    k: v.take(rows, axis=self.axes[k]) if k in self.axes else v for k, v in self.state.context.items()
                 }
         # the step's inputs that stay fixed until the rows' sources change again
         self.fixed = {n: self.state.context[n] for n in self.step_inputs if n in self.state.context}

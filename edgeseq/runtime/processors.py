@@ -91,3 +91,26 @@ def sample(logits: np.ndarray, generators: list[np.random.Generator]) -> np.ndar
     u = np.array([g.random() for g in generators]) * cdf[:, -1]
     chosen = (cdf < u[:, None]).sum(axis=-1)
     return np.minimum(chosen, logits.shape[-1] - 1).astype(np.int64)
+
+
+def top_indices(x: np.ndarray, m: int, block: int = 256) -> np.ndarray:
+    """Per row of x (n, N): the indices of its m largest values, largest first (ties: lower index first).
+
+    A partition over the whole row costs ~10 ns an element (beam search over 4 x 58k scores: 40 ms a step).
+    Instead: the max of each block of `block` values (one fast pass), the m best blocks (every one of the m
+    best values lies in one of them), then an exact sort of those m * block candidates.
+    """
+    n, size = x.shape
+    full = size // block
+    if full <= m:
+        cand = np.broadcast_to(np.arange(size), (n, size))
+    else:
+        best = x[:, : full * block].reshape(n, full, block).max(axis=-1)
+        if size > full * block:
+            best = np.concatenate([best, x[:, full * block :].max(axis=-1, keepdims=True)], axis=1)
+        blocks = np.argpartition(-best, m - 1, axis=-1)[:, :m]
+        cand = (blocks[:, :, None] * block + np.arange(block)).reshape(n, m * block)
+    values = np.take_along_axis(x, np.minimum(cand, size - 1), axis=-1)
+    values = np.where(cand < size, values, -np.inf)  # the last block's tail past the row's end
+    order = np.lexsort((cand, -values), axis=-1)[:, :m]  # by value, then by index
+    return np.take_along_axis(cand, order, axis=-1)

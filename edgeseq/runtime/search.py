@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from edgeseq.runtime.options import DecodingOptions
-from edgeseq.runtime.processors import log_softmax, needs_processing, process, sample, warp
+from edgeseq.runtime.processors import log_softmax, needs_processing, process, sample, top_indices, warp
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,9 @@ class BeamSearch(_Search):
         length, last = step + 1, step + 1 >= o.max_new_tokens  # tokens once this step's token is appended
         logprobs = process(log_softmax(logits), self.history, step, o, self.eos, self.banned)
         vocab = logprobs.shape[-1]
-        flat = (logprobs + self.beam_scores.reshape(-1, 1)).reshape(len(self.sources), k * vocab)  # (n, k*V)
-        top = np.argpartition(-flat, 2 * k - 1, axis=-1)[:, : 2 * k]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(flat, top, -1), axis=-1, kind="stable"), -1)
+        # float32 like HF's scores: a float64 sum over (rows, V) would double the memory traffic
+        flat = (logprobs + self.beam_scores.reshape(-1, 1).astype(np.float32)).reshape(len(self.sources), k * vocab)
+        top = top_indices(flat, 2 * k)  # (n, 2k) best continuations, best first
         if o.return_alignments and alignment is not None:
             step_align = alignment[:, None, :]
             self.align = step_align if self.align is None else np.concatenate([self.align, step_align], axis=1)
