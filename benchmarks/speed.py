@@ -341,7 +341,8 @@ def report(workload: str, results: dict, threads: int, bandwidth: float, work: P
     for label, r in results.items():
         floor = "-"
         if label.startswith("edgeseq"):
-            floor = f"{step_weight_bytes(work / r['bundle']) / bandwidth / 1e6:.2f}"
+            r["floor_ms"] = step_weight_bytes(work / r["bundle"]) / bandwidth / 1e6
+            floor = f"{r['floor_ms']:.2f}"
         print(
             f"{label:<18}{r['tokens_per_s']:>10.1f}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['first_ms']:>10.2f}"
             f"{r['step_ms']:>9.3f}{floor:>10}{r['peak_rss_mb']:>8.0f}{r['load_s']:>8.2f}{r['bytes'] / 1e6:>8.1f}"
@@ -355,6 +356,35 @@ def report(workload: str, results: dict, threads: int, bandwidth: float, work: P
             )
 
 
+def markdown(data: dict) -> str:
+    """The figures of a --json file as Markdown tables (for the README)."""
+    out = []
+    for workload, results in data.items():
+        if workload == "bandwidth_gbs":
+            continue
+        model, batch, beam = WORKLOADS[workload]
+        search = "greedy" if beam == 1 else f"beam {beam}"
+        out.append(f"**{workload}**: {model}, batch {batch}, {search}, {SOURCE_LEN}-token sources\n")
+        out.append(
+            "| engine | tokens/s | p50 / p95 ms | first token ms | step ms (floor) | peak RSS MB | load s | MB |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|")
+        for label, r in results.items():
+            floor = f" ({r['floor_ms']:.2f})" if "floor_ms" in r else ""
+            out.append(
+                f"| {label} | {r['tokens_per_s']:.1f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | {r['first_ms']:.2f} "
+                f"| {r['step_ms']:.3f}{floor} | {r['peak_rss_mb']:.0f} | {r['load_s']:.2f} | {r['bytes'] / 1e6:.1f} |"
+            )
+        ratios = [
+            f"{a} / {b}: {results[a]['tokens_per_s'] / results[b]['tokens_per_s']:.2f}x tokens/s, "
+            f"{results[a]['peak_rss_mb'] / results[b]['peak_rss_mb']:.2f}x peak RSS"
+            for a, b in RATIOS
+            if a in results and b in results
+        ]
+        out.append("\n" + "; ".join(ratios) + ".\n")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/edgeseq-speed-bench")
@@ -362,9 +392,13 @@ def main() -> None:
     p.add_argument("--optimum-python", help="an interpreter with optimum-onnx installed")
     p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     p.add_argument("--json", help="also write every figure to this file")
+    p.add_argument("--markdown", metavar="JSON", help="print the figures of a --json file as Markdown, and exit")
     p.add_argument("--engine", help=argparse.SUPPRESS)
     args = p.parse_args()
     work = Path(args.work)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return
     if args.engine:  # one engine in this process
         name, *rest = args.engine.split(":")
         fn = {

@@ -109,3 +109,51 @@ def summary_table(results: Sequence[BenchResult]) -> str:
             f"{statistics.median(r.step_ms):>9.3f}"
         )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where ONNX Runtime ran the decoder step's nodes, from its profiler (one decode of one source)."""
+
+    provider: str  # the provider asked for first
+    nodes: dict[str, int]  # provider -> nodes it ran
+    memcpy: int  # Memcpy nodes: tensors crossing between host and device inside the step
+
+    def line(self) -> str:
+        where = ", ".join(f"{n} on {p.replace('ExecutionProvider', '')}" for p, n in sorted(self.nodes.items()))
+        return f"decoder step nodes: {where}; Memcpy nodes inside the step: {self.memcpy}"
+
+
+def step_placement(bundle, provider: str = "cpu", new_tokens: int = 2) -> Placement:
+    """Profile the decoder step on `provider` and count its nodes per provider and its Memcpy nodes."""
+    import json
+    import os
+    import tempfile
+
+    from edgeseq.runtime.generator import OrtBackend, session_options
+    from edgeseq.runtime.session import GraphSession
+
+    backend = OrtBackend(bundle, provider)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(None, step=True)
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "step")
+        session = GraphSession(bundle, "decoder_step", backend.providers, options)
+        backend.sessions["decoder_step"] = session
+        if backend.bound is not None:
+            backend.bound["decoder_step"].graph = session
+        m = bundle.manifest
+        decode(
+            backend, m.decoder, random_sources(m.source_vocab_size, 1, 8), DecodingOptions(max_new_tokens=new_tokens)
+        )
+        events = json.loads(open(session.session.end_profiling()).read())
+    nodes: dict[str, set[str]] = {}
+    memcpy = set()
+    for e in events:
+        args = e.get("args", {})
+        if e.get("cat") != "Node" or "provider" not in args:
+            continue
+        nodes.setdefault(args["provider"], set()).add(e["name"].removesuffix("_kernel_time"))
+        if args.get("op_name", "").startswith("Memcpy"):
+            memcpy.add(e["name"])
+    return Placement(backend.providers[0], {p: len(n) for p, n in nodes.items()}, len(memcpy))

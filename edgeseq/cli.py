@@ -364,6 +364,10 @@ def bench(
     click.echo(summary_table(results))
     if len(results) == 2:
         click.echo(f"onnxruntime / pytorch tokens/s: {results[0].tokens_per_s / results[1].tokens_per_s:.2f}x")
+    if provider != "cpu":
+        from edgeseq.bench import step_placement
+
+        click.echo(step_placement(b, provider).line())
     click.echo("\ndecoder step time by step index (mean over the steps since the previous mark):")
     click.echo(step_profile_table(results))
     if json_out:

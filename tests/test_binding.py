@@ -122,3 +122,26 @@ def test_auto_without_a_cuda_build_reports_the_cpu(bundle_factory):
     gen = Generator(bundle_factory()[0], provider="auto")
     assert gen.backend.device == "cpu" and gen.backend.bound is None
     assert gen.backend.note == "provider auto: this onnxruntime has no CUDA provider; running on the CPU"
+
+
+def test_step_placement_counts_nodes_per_provider(transformer_bundle):
+    from edgeseq.bench import step_placement
+    from edgeseq.runtime import load_bundle
+
+    placement = step_placement(load_bundle(transformer_bundle), "cpu")
+    assert set(placement.nodes) == {"CPUExecutionProvider"} and placement.nodes["CPUExecutionProvider"] > 20
+    assert placement.memcpy == 0
+    assert placement.line().startswith("decoder step nodes: ") and "on CPU" in placement.line()
+
+
+def test_both_onnxruntime_builds_are_detected(tmp_path, monkeypatch):
+    from edgeseq.runtime.session import installed_builds
+
+    for name in ("onnxruntime-1.32.0.dist-info", "onnxruntime_gpu-1.32.0.dist-info"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr("sys.path", [str(tmp_path)])
+    assert installed_builds() == {"onnxruntime", "onnxruntime-gpu"}
+    with pytest.warns(RuntimeWarning, match="both onnxruntime and onnxruntime-gpu are installed"):
+        from edgeseq.runtime.session import resolve_providers
+
+        resolve_providers("cpu")

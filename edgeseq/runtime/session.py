@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
-from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -69,15 +70,20 @@ def check_provider(requested: str, session: ort.InferenceSession, graph: str) ->
     return f"provider auto: {why}; running on the CPU"
 
 
+def installed_builds() -> set[str]:
+    """Which onnxruntime distributions are installed, from their dist-info folders (importlib.metadata
+    would cost this process ~3 MB of modules for one question)."""
+    found = set()
+    for entry in sys.path:
+        folder = Path(entry or ".")
+        for dist, pattern in (("onnxruntime", "onnxruntime-*.dist-info"), ("onnxruntime-gpu", "onnxruntime_gpu-*")):
+            if folder.is_dir() and any(folder.glob(pattern)):
+                found.add(dist)
+    return found
+
+
 def _warn_if_both_builds() -> None:
-    installed = set()
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            metadata.version(dist)
-            installed.add(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    if len(installed) == 2:
+    if len(installed_builds()) == 2:
         warnings.warn(
             "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; keep one: "
             "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (or onnxruntime)",
