@@ -94,6 +94,16 @@ class DecoderSpec:
     states: tuple[StateSpec, ...]
     step_input: str | None = None  # () int64: index of the token being generated, for positions
     alignment_output: str | None = None  # (batch, src_len): attention weights of this step
+    # The greedy head (export/head.py), when the step graph has one: the loop feeds a (vocab,) additive
+    # bias (banned tokens, </s> before the minimum length) and reads the argmax token and its log-probability
+    # instead of the logits.
+    head_bias_input: str | None = None
+    head_token_output: str | None = None
+    head_logprob_output: str | None = None
+
+    @property
+    def has_head(self) -> bool:
+        return self.head_bias_input is not None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -195,7 +205,7 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         elif g is not None:
             graphs[name] = _graph(r, g, f"graphs.{name}")
     for name in REQUIRED_GRAPHS:
-        if name not in graphs_raw:
+        if graphs_raw.get(name) is None:
             r.problem(f"graphs.{name}", "missing")
     dec = r.get(data, "decoder", dict, {})
     states = tuple(
@@ -207,6 +217,10 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         states=states,
         step_input=r.get(dec, "step_input", (str, type(None)), None, "decoder."),
         alignment_output=r.get(dec, "alignment_output", (str, type(None)), None, "decoder."),
+        **{
+            k: r.get(dec, k, (str, type(None)), None, "decoder.")
+            for k in ("head_bias_input", "head_token_output", "head_logprob_output")
+        },
     )
     special = r.get(data, "special_tokens", dict, {})
     for key in ("pad", "bos", "eos", "decoder_start"):
@@ -242,7 +256,7 @@ def wiring_problems(graphs: dict[str, GraphSpec], decoder: DecoderSpec) -> list[
         if name not in graphs:
             continue
         feeds = available | (
-            {decoder.tokens_input, decoder.step_input} | {s.input for s in decoder.states}
+            {decoder.tokens_input, decoder.step_input, decoder.head_bias_input} | {s.input for s in decoder.states}
             if name == "decoder_step"
             else set()
         )
@@ -266,6 +280,9 @@ def _check_references(m: Manifest, where: str) -> None:
         problems.append(f"decoder.logits_output {m.decoder.logits_output!r} is not an output of decoder_step")
     if m.decoder.alignment_output and m.decoder.alignment_output not in step_out:
         problems.append(f"decoder.alignment_output {m.decoder.alignment_output!r} is not an output of decoder_step")
+    head = (m.decoder.head_bias_input, m.decoder.head_token_output, m.decoder.head_logprob_output)
+    if any(head) and not (head[0] in step_in and head[1] in step_out and head[2] in step_out):
+        problems.append(f"decoder.head_* {list(head)} must name an input and two outputs of decoder_step, or none")
     if m.decoder.step_input and m.decoder.step_input not in step_in:
         problems.append(f"decoder.step_input {m.decoder.step_input!r} is not an input of decoder_step")
     for i, s in enumerate(m.decoder.states):

@@ -64,7 +64,7 @@ def test_bound_decoding_equals_plain(bundle_factory, transformer_bundle, family,
     assert len(lengths) > 1 or strategy == "beam"  # rows did leave the batch at different steps
 
 
-def test_states_and_context_stay_bound_and_only_logits_come_back(transformer_bundle):
+def test_states_context_and_logits_stay_bound_only_chosen_tokens_come_back(transformer_bundle):
     gen = Generator(transformer_bundle, io_binding=True)
     backend, spec = gen.backend, gen.bundle.manifest.decoder
     seen = []
@@ -82,8 +82,10 @@ def test_states_and_context_stay_bound_and_only_logits_come_back(transformer_bun
     assert context and all(isinstance(seen[0][0][n], DeviceTensor) for n in [*context, "src_mask"])
     for feeds, _ in seen[1:]:
         assert all(isinstance(feeds[s.input], DeviceTensor) for s in spec.states)  # the last step's outputs
-    for _, out in seen:
-        assert isinstance(out[spec.logits_output], np.ndarray)
+    for _, out in seen:  # greedy reads the head's choice: the logits stay on the device too
+        assert isinstance(out[spec.head_token_output], np.ndarray)
+        assert isinstance(out[spec.head_logprob_output], np.ndarray)
+        assert isinstance(out[spec.logits_output], DeviceTensor)
         assert all(isinstance(out[s.output], DeviceTensor) for s in spec.states)
 
 

@@ -55,7 +55,8 @@ def test_graphs_are_valid_named_and_dynamic(bundle_factory, cell, attention, bid
                 assert t["name"] and t["dtype"] in ("float32", "int64")
                 dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
                 assert dims == t["shape"]
-                assert "batch" in t["shape"] or t["shape"] == []
+                # per row, except scalars and the greedy head's (vocab,) bias, which is the same for every row
+                assert "batch" in t["shape"] or t["shape"] == [] or t["name"] == manifest["decoder"]["head_bias_input"]
     assert manifest["parity"]["ok"] is True
     assert manifest["provenance"]["opset"] == 17 and manifest["provenance"]["torch"] == torch.__version__
 
@@ -90,6 +91,7 @@ def test_each_graph_matches_pytorch(bundle_factory, cell, attention, bidirection
             "memory": memory.numpy(),
             "src_mask": mask,
             **{k: v.numpy() for k, v in state.items()},
+            "head_bias": np.zeros(model.cfg.tgt_vocab_size, dtype=np.float32),  # the greedy head (export/head.py)
         }
         if keys is not None:
             pool["attn_keys"] = keys.numpy()
@@ -99,6 +101,7 @@ def test_each_graph_matches_pytorch(bundle_factory, cell, attention, bidirection
         with torch.no_grad():
             logits, state, weights = model.decoder(tokens, state, keys, memory, torch.from_numpy(mask))
         np.testing.assert_allclose(got["logits"], logits.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(got["next_token"], got["logits"].argmax(-1))
         for k, v in state.items():
             np.testing.assert_allclose(got[f"{k}_out"], v.numpy(), atol=1e-4, rtol=0)
         if weights is not None:

@@ -107,7 +107,8 @@ def test_graph_io_that_differs_from_manifest_is_refused(bundle_copy):
     edit_manifest(bundle_copy, lambda d: d["graphs"]["encoder"]["outputs"][0].update(dtype="float32"))
 
     def rename(d):
-        d["graphs"]["decoder_step"]["outputs"][-1]["name"] = "align"
+        output = next(o for o in d["graphs"]["decoder_step"]["outputs"] if o["name"] == "attn_weights")
+        output["name"] = "align"
         d["decoder"]["alignment_output"] = "align"
 
     edit_manifest(bundle_copy, rename)

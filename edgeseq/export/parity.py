@@ -148,6 +148,7 @@ class ParityReport:
 
 
 def compare_output(graph: str, name: str, got: np.ndarray, ref: np.ndarray, t: Thresholds) -> OutputCheck:
+    got = np.asarray(got)  # a device tensor (runtime/binding.py) comes to the host here
     if got.shape != ref.shape:
         return OutputCheck(graph, name, float("inf"), float("inf"), False)
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))

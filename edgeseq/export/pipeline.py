@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 import edgeseq
-from edgeseq.bundle import Manifest, file_sha256, wiring_problems
+from edgeseq.bundle import DecoderSpec, Manifest, file_sha256, wiring_problems
 from edgeseq.errors import OptionsError, ParityError
 from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
+from edgeseq.export.head import add_greedy_head
 from edgeseq.export.parity import ParityReport, Thresholds, check_parity, sample_sources
 from edgeseq.export.rnn import RNNAdapter
 from edgeseq.export.simplify import simplify_graph
@@ -102,6 +103,7 @@ class ExportOptions:
     max_source_length: int | None = None  # longest source the bundle accepts (None: the model's limit)
     check_parity: bool = True  # validate against PyTorch and refuse a bundle that fails
     simplify: bool = True  # run onnxsim on each graph (a graph it fails on is kept as traced)
+    greedy_head: bool = True  # append argmax + log-probability to the step graph (export/head.py)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -181,6 +183,11 @@ def export_model(
             trace_graph(adapter, name, spec, feeds[name], tmp / spec.file, options.opset)
             if options.simplify:
                 simplified[name] = simplify_graph(tmp / spec.file, spec)
+        decoder = adapter.decoder_spec()
+        if options.greedy_head:
+            step = specs["decoder_step"]
+            specs = {**specs, "decoder_step": None}
+            specs["decoder_step"], decoder = add_greedy_head(tmp / step.file, step, decoder)
         progress("sharing weights between graphs")
         sharing = share_weights(tmp, [spec.file for spec in specs.values()])
         split = split_projections(tmp, [spec.file for spec in specs.values()])
@@ -190,7 +197,9 @@ def export_model(
             "weights": {**asdict(sharing), "projections_split": split},
             "simplify": simplified or None,
         }
-        manifest = _manifest(adapter, specs, tmp, entry, tokenizer, options, made_from, generation or {}, banned_tokens)
+        manifest = _manifest(
+            adapter, specs, decoder, tmp, entry, tokenizer, options, made_from, generation or {}, banned_tokens
+        )
         manifest.save(tmp)
         report = None
         if options.check_parity:
@@ -200,7 +209,7 @@ def export_model(
             report = check_parity(
                 reference,
                 backend,
-                adapter.decoder_spec(),
+                decoder,  # with the head: the runtime's side of the sequence checks decodes through it
                 sources,
                 options.thresholds,
                 DecodingOptions(max_new_tokens=options.max_new_tokens),
@@ -253,6 +262,7 @@ def _example_feeds(reference: TorchBackend, source_vocab_size: int) -> dict[str,
 def _manifest(
     adapter: Seq2SeqAdapter,
     specs,
+    decoder: DecoderSpec,
     bundle: Path,
     entry: dict[str, Any],
     tokenizer: TokenizerExport,
@@ -270,7 +280,7 @@ def _manifest(
     return Manifest(
         family=adapter.family,
         graphs=graphs,
-        decoder=adapter.decoder_spec(),
+        decoder=decoder,
         special_tokens=special,
         source_vocab_size=adapter.source_vocab_size,
         target_vocab_size=specs["decoder_step"].output(adapter.decoder_spec().logits_output).shape[-1],

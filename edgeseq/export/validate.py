@@ -11,6 +11,7 @@ from edgeseq.bundle import MANIFEST, Manifest, file_sha256
 from edgeseq.errors import BundleError, InputError
 from edgeseq.export.adapter import TorchBackend
 from edgeseq.export.checkpoint import load_checkpoint
+from edgeseq.export.head import without_head
 from edgeseq.export.hf import is_hf_checkpoint
 from edgeseq.export.parity import PRECISION_THRESHOLDS, ParityReport, Thresholds, check_parity, sample_sources
 from edgeseq.export.pipeline import adapter_for
@@ -62,7 +63,8 @@ def _reference(path: Path, bundle: Bundle):
 
         adapter = adapter_for(load_hf_checkpoint(path).model)
         specs = adapter.graph_specs()
-        if any(specs[k].inputs != g.inputs or specs[k].outputs != g.outputs for k, g in m.graphs.items()):
+        graphs = {k: without_head(g, m.decoder) for k, g in m.graphs.items()}
+        if any(specs[k].inputs != g.inputs or specs[k].outputs != g.outputs for k, g in graphs.items()):
             raise BundleError(f"{path} does not match {bundle.path}: their graphs differ")
         return TorchBackend(adapter)
     else:
@@ -75,7 +77,8 @@ def _reference(path: Path, bundle: Bundle):
                 f"but {bundle.path} is a {m.family} bundle with graphs {sorted(m.graphs)}"
             )
         for name, spec in specs.items():
-            if spec.inputs != m.graphs[name].inputs or spec.outputs != m.graphs[name].outputs:
+            graph = without_head(m.graphs[name], m.decoder)
+            if spec.inputs != graph.inputs or spec.outputs != graph.outputs:
                 raise BundleError(f"{path} does not match {bundle.path}: graph {name} has different inputs/outputs")
         if (ckpt.source_vocab, ckpt.target_vocab) != (bundle.source_vocab, bundle.target_vocab):
             raise BundleError(f"{path} and {bundle.path} have different vocabularies")

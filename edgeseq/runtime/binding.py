@@ -43,6 +43,10 @@ class DeviceTensor:
     def numpy(self) -> np.ndarray:
         return _host_copy(self.value)
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
     def take(self, rows: np.ndarray, axis: int) -> DeviceTensor:
         """The rows `rows` along `axis`, as a new tensor on the same device (through the host)."""
         return DeviceTensor.upload(np.take(self.numpy(), rows, axis=axis), self.device, self.device_id)

@@ -39,17 +39,17 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     manifest = read_manifest(root)
     for name, graph in manifest.graphs.items():
         file = _inside(root, graph.file, f"graphs.{name}.file")
+        if verify_checksums and file_sha256(file) != graph.sha256:  # first: it explains any change
+            raise BundleError(
+                f"{file}: checksum mismatch with the manifest (graphs.{name}.sha256): the file was modified "
+                "after export; re-export the bundle or restore the file"
+            )
         for location in external_data_locations(file):
             if location not in manifest.files:
                 raise BundleError(
                     f"{file}: its weights point to {location!r}, which is not a file of this bundle's manifest; "
                     "refusing to read it"
                 )
-        if verify_checksums and file_sha256(file) != graph.sha256:
-            raise BundleError(
-                f"{file}: checksum mismatch with the manifest (graphs.{name}.sha256): the file was modified "
-                "after export; re-export the bundle or restore the file"
-            )
     for name, digest in manifest.files.items():
         file = _inside(root, name, f"files.{name}")
         if verify_checksums and file_sha256(file) != digest:

@@ -40,12 +40,18 @@ class OrtBackend:
     """The loop's backend on ONNX Runtime: encoder and attention once per batch, then one step at a time.
 
     `io_binding` (default: on for CUDA) keeps every tensor the loop carries between runs (encoder and
-    attention outputs, the source, the decoder states and cache) in the provider's memory; only the logits
-    (and attention weights, when asked for) come to the host. See runtime/binding.py.
+    attention outputs, the source, the decoder states and cache) in the provider's memory. With the greedy
+    head (export/head.py; `use_head`), greedy decoding reads only each row's token id and log-probability;
+    the logits stay where they are unless a strategy asks for them. See runtime/binding.py.
     """
 
     def __init__(
-        self, bundle: Bundle, provider: str = "cpu", threads: int | None = None, io_binding: bool | None = None
+        self,
+        bundle: Bundle,
+        provider: str = "cpu",
+        threads: int | None = None,
+        io_binding: bool | None = None,
+        use_head: bool = True,
     ) -> None:
         self.providers = resolve_providers(provider)
         self.sessions = {
@@ -58,10 +64,17 @@ class OrtBackend:
         self.graphs = bundle.manifest.graphs
         self.step_graph = bundle.manifest.graphs["decoder_step"]
         self.special_tokens = bundle.manifest.special_tokens
+        dec = bundle.manifest.decoder
+        self.use_head = use_head  # greedy decoding reads the step graph's own argmax (export/head.py)
+        self.zero_bias = {}
+        if dec.has_head:
+            self.zero_bias[dec.head_bias_input] = np.zeros(self.step_graph.input(dec.head_bias_input).shape, "float32")
         self.bound: dict[str, BoundSession] | None = None
         if io_binding if io_binding is not None else self.device != "cpu":
-            dec = bundle.manifest.decoder
-            host_outputs = {dec.logits_output, dec.alignment_output}
+            # with a head, the logits stay on the device unless a strategy asks for them
+            host_outputs = {dec.alignment_output, dec.head_token_output, dec.head_logprob_output}
+            if not dec.has_head:
+                host_outputs.add(dec.logits_output)
             self.bound = {
                 name: BoundSession(s, self.device, [o for o in s.output_names if o not in host_outputs])
                 for name, s in self.sessions.items()
@@ -81,13 +94,15 @@ class OrtBackend:
         return out
 
     def step(self, feeds: dict[str, np.ndarray | DeviceTensor]) -> dict[str, np.ndarray | DeviceTensor]:
+        if self.zero_bias and not self.zero_bias.keys() <= feeds.keys():
+            feeds = {**self.zero_bias, **feeds}  # callers that do not know the head (parity, calibration)
         if self.bound is None:
             return self.sessions["decoder_step"].run(feeds)
         return self.bound["decoder_step"].run(feeds)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One graph by name (for parity checks)."""
-        return self.sessions[graph].run(feeds)
+        return self.sessions[graph].run({**self.zero_bias, **feeds} if graph == "decoder_step" else feeds)
 
 
 @dataclass(frozen=True)
@@ -120,9 +135,10 @@ class Generator:
         threads: int | None = None,
         options: DecodingOptions | None = None,
         io_binding: bool | None = None,
+        use_head: bool = True,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.backend = OrtBackend(self.bundle, provider, threads, io_binding)
+        self.backend = OrtBackend(self.bundle, provider, threads, io_binding, use_head)
         self.options = options or self.default_options()
 
     def default_options(self) -> DecodingOptions:

@@ -115,18 +115,38 @@ class Decoding:
         spec, strategy = self.spec, self.strategy
         pairs = [(s.input, s.output) for s in spec.states]
         alignment = spec.alignment_output if self.options.return_alignments else None
+        head = self._head()
+        vocab = self.backend.step_graph.input(head).shape[0] if head else 0
         for step in range(self.options.max_new_tokens):
             feeds = {**self.fixed, **self.state.states, spec.tokens_input: strategy.last_tokens()}
             if spec.step_input:
                 feeds[spec.step_input] = np.array(step, dtype=np.int64)
+            bias = strategy.head_bias(step, vocab) if head else None
+            if head:
+                feeds[head] = bias if bias is not None else self._zeros(vocab)
             out = self.backend.step(feeds)
-            keep = strategy.update(out[spec.logits_output], step, out.get(alignment) if alignment else None)
+            align = out.get(alignment) if alignment else None
+            if bias is not None:  # the step graph chose: only token ids and log-probabilities are read
+                keep = strategy.update_chosen(out[spec.head_token_output], out[spec.head_logprob_output], step, align)
+            else:
+                keep = strategy.update(np.asarray(out[spec.logits_output]), step, align)
             self.state.states = {i: out[o] for i, o in pairs}
             if keep is not None:
                 self._take(keep)
             yield self.strategy.emitted()
             if self.strategy.done():
                 return
+
+    def _head(self) -> str | None:
+        """The step graph's greedy-head bias input, if this spec declares one and this backend's graph has it."""
+        name = self.spec.head_bias_input
+        usable = getattr(self.backend, "use_head", True)
+        return name if name and usable and any(t.name == name for t in self.backend.step_graph.inputs) else None
+
+    def _zeros(self, vocab: int) -> np.ndarray:
+        if getattr(self, "_zero_bias", None) is None or len(self._zero_bias) != vocab:
+            self._zero_bias = np.zeros(vocab, dtype=np.float32)
+        return self._zero_bias
 
     def results(self) -> list[list[Hypothesis]]:
         """Per source in input order, its hypotheses best first."""

@@ -41,6 +41,14 @@ class Strategy(Protocol):
     def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
         """Take one step's (rows, V) logits; return the rows to keep (None: all, unchanged)."""
 
+    def head_bias(self, step: int, vocab: int) -> np.ndarray | None:
+        """The (V,) bias for the step graph's greedy head if it can choose this step's tokens, else None."""
+
+    def update_chosen(
+        self, tokens: np.ndarray, logprobs: np.ndarray, step: int, alignment: np.ndarray | None
+    ) -> np.ndarray | None:
+        """Like `update`, with the head's choice: (rows,) tokens and their log-probabilities."""
+
     def emitted(self) -> list[tuple[int, int]]:
         """(source, token) pairs decided for good at the last update, for streaming (empty for beams)."""
 
@@ -72,6 +80,12 @@ class _Search:
         self.options, self.banned, self.lengths = options, banned, list(source_lengths)
         self.eos = special_tokens["eos"]
 
+    def head_bias(self, step: int, vocab: int) -> np.ndarray | None:
+        return None  # by default a strategy wants the logits
+
+    def update_chosen(self, tokens, logprobs, step, alignment):
+        raise NotImplementedError(f"{type(self).__name__} does not take the greedy head's choice")
+
 
 class TokenByToken(_Search):
     """Greedy decoding, or sampling (`options.sample`) with `nbest` independent samples per source.
@@ -100,6 +114,7 @@ class TokenByToken(_Search):
         seed = options.seed
         self.generators = [np.random.default_rng(None if seed is None else [seed, i]) for i in range(len(self.rows))]
         self._emitted: list[tuple[int, int]] = []
+        self._biases: dict[tuple[bool, int], np.ndarray] = {}
 
     def start_rows(self) -> np.ndarray:
         return np.array([r.source for r in self.rows], dtype=np.int64)
@@ -123,12 +138,40 @@ class TokenByToken(_Search):
         lse = np.log(np.exp(scores - top).sum(axis=-1))  # logsumexp(scores) - top
         if o.sample:
             chosen = sample(warp(scores, o), [self.generators[i] for i in self.active])
-            gained = (scores[np.arange(len(chosen)), chosen] - top[:, 0] - lse).tolist()
+            gained = scores[np.arange(len(chosen)), chosen] - top[:, 0] - lse
         else:
             chosen = scores.argmax(axis=-1)
-            gained = (-lse).tolist()  # the greedy choice is the maximum: its log-probability is -lse
+            gained = -lse  # the greedy choice is the maximum: its log-probability is -lse
+        return self._advance(chosen, gained, alignment)
+
+    def head_bias(self, step: int, vocab: int) -> np.ndarray | None:
+        """Greedy with bans and a minimum length only: the head's argmax of logits + bias is our choice."""
+        o = self.options
+        if (
+            o.sample
+            or o.repetition_penalty != 1.0
+            or o.no_repeat_ngram
+            or (step == 0 and o.forced_bos_token is not None)
+            or (o.forced_eos and step == o.max_new_tokens - 1)
+        ):
+            return None
+        no_eos = step < o.min_new_tokens
+        if (no_eos, vocab) not in self._biases:
+            bias = np.zeros(vocab, dtype=np.float32)
+            bias[list(self.banned) + ([self.eos] if no_eos else [])] = -np.inf
+            self._biases[no_eos, vocab] = bias
+        return self._biases[no_eos, vocab]
+
+    def update_chosen(
+        self, tokens: np.ndarray, logprobs: np.ndarray, step: int, alignment: np.ndarray | None
+    ) -> np.ndarray | None:
+        return self._advance(tokens, logprobs, alignment)
+
+    def _advance(self, chosen: np.ndarray, gained: np.ndarray, alignment: np.ndarray | None) -> np.ndarray | None:
+        """Append each row's token and score; rows that chose </s> leave the batch."""
         self._emitted = []
         tokens = chosen.tolist()
+        gained = gained.tolist()
         for b, (i, token, gain) in enumerate(zip(self.active, tokens, gained)):
             row = self.rows[i]
             row.score += gain
