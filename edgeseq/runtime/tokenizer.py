@@ -58,7 +58,10 @@ class SentencePieceTokenizer:
         self.target_sp = sentencepiece.SentencePieceProcessor(model_file=str(root / entry["target_model"]))
         vocab = json.loads((root / entry["vocab"]).read_text(encoding="utf-8"))
         self.ids: dict[str, int] = vocab
-        self.pieces = {i: p for p, i in vocab.items()}
+        # id -> piece as a list, not a second dict: a 58k vocabulary then costs ~0.5 MB rather than ~5 MB
+        self.pieces: list[str | None] = [None] * (max(vocab.values(), default=-1) + 1)
+        for p, i in vocab.items():
+            self.pieces[i] = p
         self.eos, self.unk, self.pad = vocab[entry["eos"]], vocab[entry["unk"]], vocab[entry["pad"]]
         self.special = {self.eos, self.pad, self.unk}  # what HF skips with skip_special_tokens
         self.source_size = self.target_size = len(vocab)
@@ -67,13 +70,18 @@ class SentencePieceTokenizer:
         return [self.ids.get(p, self.unk) for p in self.source_sp.encode(text, out_type=str)] + [self.eos]
 
     def decode(self, ids) -> str:
-        pieces = [self.pieces[int(i)] for i in ids if int(i) not in self.special and int(i) in self.pieces]
+        pieces = [self._piece(int(i)) for i in ids if int(i) not in self.special]
+        pieces = [p for p in pieces if p is not None]
         return self.target_sp.decode_pieces(pieces).replace("\u2581", " ").strip()  # as MarianTokenizer
 
+    def _piece(self, token_id: int) -> str | None:
+        return self.pieces[token_id] if 0 <= token_id < len(self.pieces) else None
+
     def piece(self, token_id: int, first: bool) -> str:
-        if token_id in self.special or token_id not in self.pieces:
+        text = None if token_id in self.special else self._piece(token_id)
+        if text is None:
             return ""
-        text = self.pieces[token_id].replace("\u2581", " ")
+        text = text.replace("\u2581", " ")
         return text.lstrip() if first else text
 
 
