@@ -33,11 +33,16 @@ def _bundles(bundle_factory, transformer_bundle):
     return {"lstm-bahdanau": bundle_factory()[0], "transformer": transformer_bundle}
 
 
-@pytest.mark.parametrize("family", ["lstm-bahdanau", "transformer"])
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize(
+    "family, strategy",
+    [
+        (family, strategy)
+        for family in ("lstm-bahdanau", "transformer")
+        for strategy in STRATEGIES
+        if not (family == "transformer" and strategy == "alignments")  # its step outputs no attention weights
+    ],
+)
 def test_bound_decoding_equals_plain(bundle_factory, transformer_bundle, family, strategy):
-    if strategy == "alignments" and family == "transformer":
-        pytest.skip("the Transformer step does not output attention weights")
     bundle = _bundles(bundle_factory, transformer_bundle)[family]
     sources = mixed_sources(vocabs()[0])  # mixed lengths: rows finish at different steps and leave the batch
     options = STRATEGIES[strategy]
