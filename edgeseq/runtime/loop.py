@@ -90,6 +90,7 @@ class Decoding:
         self.axes = batch_axes(backend)
         self.row_sources = np.arange(len(sources))
         self.step_inputs = [t.name for t in backend.step_graph.inputs]
+        self._zero_bias: np.ndarray | None = None  # the greedy head's bias when the strategy sets none
         self._take(self.strategy.start_rows(), force=True)
 
     def _take(self, rows: np.ndarray, force: bool = False) -> None:
@@ -144,7 +145,7 @@ class Decoding:
         return name if name and usable and any(t.name == name for t in self.backend.step_graph.inputs) else None
 
     def _zeros(self, vocab: int) -> np.ndarray:
-        if getattr(self, "_zero_bias", None) is None or len(self._zero_bias) != vocab:
+        if self._zero_bias is None or len(self._zero_bias) != vocab:
             self._zero_bias = np.zeros(vocab, dtype=np.float32)
         return self._zero_bias
 

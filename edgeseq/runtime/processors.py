@@ -17,16 +17,19 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
 
 
-def needs_processing(options: DecodingOptions, banned: tuple[int, ...], step: int) -> bool:
-    """Whether `process` changes anything at `step` (if not, the logits can be used as they are)."""
+def beyond_bias(options: DecodingOptions, step: int) -> bool:
+    """Whether `process` does more at `step` than add a fixed bias (bans, </s> before the minimum length)."""
     return bool(
         options.repetition_penalty != 1.0
         or options.no_repeat_ngram
-        or banned
-        or step < options.min_new_tokens
         or (step == 0 and options.forced_bos_token is not None)
         or (options.forced_eos and step == options.max_new_tokens - 1)
     )
+
+
+def needs_processing(options: DecodingOptions, banned: tuple[int, ...], step: int) -> bool:
+    """Whether `process` changes anything at `step` (if not, the logits can be used as they are)."""
+    return bool(beyond_bias(options, step) or banned or step < options.min_new_tokens)
 
 
 def process(

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from edgeseq.runtime.options import DecodingOptions
-from edgeseq.runtime.processors import log_softmax, needs_processing, process, sample, top_indices, warp
+from edgeseq.runtime.processors import beyond_bias, log_softmax, needs_processing, process, sample, top_indices, warp
 
 
 @dataclass(frozen=True)
@@ -147,13 +147,7 @@ class TokenByToken(_Search):
     def head_bias(self, step: int, vocab: int) -> np.ndarray | None:
         """Greedy with bans and a minimum length only: the head's argmax of logits + bias is our choice."""
         o = self.options
-        if (
-            o.sample
-            or o.repetition_penalty != 1.0
-            or o.no_repeat_ngram
-            or (step == 0 and o.forced_bos_token is not None)
-            or (o.forced_eos and step == o.max_new_tokens - 1)
-        ):
+        if o.sample or beyond_bias(o, step):
             return None
         no_eos = step < o.min_new_tokens
         if (no_eos, vocab) not in self._biases:
