@@ -40,6 +40,7 @@ class _Timed:
     def __init__(self, backend) -> None:
         self.backend = backend
         self.graphs, self.step_graph, self.special_tokens = backend.graphs, backend.step_graph, backend.special_tokens
+        self.source_pad, self.masked_padding = backend.source_pad, backend.masked_padding
         self.steps: list[float] = []
         self.context_s = 0.0
 

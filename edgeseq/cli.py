@@ -19,59 +19,59 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("checkpoint")
+@click.argument("model")
 @click.option("--out", required=True, help="Bundle directory to write (must not exist unless --force).")
-@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out (never anything else).")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset.")
 @click.option(
     "--max-new-tokens", type=int, help="The bundle's default generation limit (default: 64, or the model's positions)."
 )
 @click.option("--data", help="Source sentences (one per line) to check parity on, instead of random ones.")
+@click.option(
+    "--pairs", help="source<TAB>expected output, from your own pipeline: the bundle's text must equal it (text level)."
+)
 @click.option("--no-simplify", is_flag=True, help="Keep the graphs as traced (skip onnxsim).")
 def export(
-    checkpoint: str, out: str, force: bool, opset: int, max_new_tokens: int | None, data: str | None, no_simplify: bool
+    model: str,
+    out: str,
+    force: bool,
+    opset: int,
+    max_new_tokens: int | None,
+    data: str | None,
+    pairs: str | None,
+    no_simplify: bool,
 ) -> None:
-    """Export CHECKPOINT to a bundle, checking parity: a .safetensors file saved by edgeseq, or a local Hugging
-    Face folder (Marian, BART, mBART)."""
-    from edgeseq.bundle import file_sha256
-    from edgeseq.export import ExportOptions, export_model, load_checkpoint
-    from edgeseq.export.hf import is_hf_checkpoint
-    from edgeseq.runtime.sources import read_sources
+    """Export MODEL to a bundle, checking parity. MODEL is your own code, FILE.py:FUNCTION or
+    package.module:FUNCTION (it builds the model and says its tokenizer, framing and ids: README "Your own
+    model"), a local Hugging Face folder (Marian, BART, mBART, T5, mT5), or a .safetensors saved by edgeseq."""
+    from edgeseq.export import ExportOptions
+    from edgeseq.export.any_model import export_any
 
     options = ExportOptions(opset=opset, force=force, max_new_tokens=max_new_tokens, simplify=not no_simplify)
-    if Path(out).exists() and not force:  # before the slow part
-        raise EdgeseqError(f"{out} already exists: choose another --out, or pass --force to replace it")
-    texts = read_sources(data) if data else None
-    progress = lambda msg: click.echo(f"edgeseq: {msg}", err=True)  # noqa: E731
-    if is_hf_checkpoint(checkpoint):
-        from edgeseq.export.hf import load_hf_checkpoint
-
-        hf = load_hf_checkpoint(checkpoint)
-        path, report = export_model(
-            hf.model,
-            out,
-            tokenizer=hf.tokenizer,
-            options=options,
-            generation=hf.generation,
-            banned_tokens=hf.banned_tokens,
-            parity_sources=[hf.encode(t) for t in texts] if texts else None,
-            made_from={"checkpoint": Path(checkpoint).name, "hf_model_type": hf.family},
-            progress=progress,
-        )
-    else:
-        ckpt = load_checkpoint(checkpoint)
-        path, report = export_model(
-            ckpt.model,
-            out,
-            source_vocab=ckpt.source_vocab,
-            target_vocab=ckpt.target_vocab,
-            options=options,
-            parity_sources=[ckpt.source_vocab.encode(t) for t in texts] if texts else None,
-            made_from={"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(Path(checkpoint))},
-            progress=progress,
-        )
+    texts, expected = _check_data(data, pairs)
+    path, report = export_any(model, out, options, texts, expected, f"pairs {pairs}", progress=_note)
     click.echo(report.table())
     click.echo(f"wrote {path}")
+
+
+def _note(msg: str) -> None:
+    click.echo(f"edgeseq: {msg}", err=True)
+
+
+def _check_data(data: str | None, pairs: str | None) -> tuple[list[str] | None, list[str] | None]:
+    """--data (sources) or --pairs (sources and the user's own outputs)."""
+    from edgeseq.runtime.sources import read_sources
+
+    if data and pairs:
+        raise EdgeseqError("give --data or --pairs, not both (--pairs carries its sources)")
+    if pairs:
+        from edgeseq.export.validate import read_pairs
+
+        texts, expected = read_pairs(pairs)
+        if expected is None:
+            raise EdgeseqError(f"--pairs {pairs}: every line needs source<TAB>expected output")
+        return texts, expected
+    return (read_sources(data) if data else None), None
 
 
 # Decoding flags mirror DecodingOptions one to one; a flag left out keeps the bundle's default.
@@ -184,36 +184,98 @@ def _stream(gen, sources: list[str], options, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("bundle")
-@click.option("--reference", required=True, help="The PyTorch checkpoint, or another bundle (e.g. the fp32 one).")
+@click.option(
+    "--reference",
+    required=True,
+    help="FILE.py:FUNCTION (your own code), the PyTorch checkpoint or Hugging Face folder, or another bundle.",
+)
 @click.option("--data", help="Sources, one per line, optionally 'source<TAB>reference' (adds BLEU and chrF).")
+@click.option("--pairs", help="source<TAB>expected output from your own pipeline: the bundle's text must equal it.")
 @click.option("--json", "json_out", help="Also write the report as JSON to this file ('-' for stdout).")
 @click.option("--atol", type=float, help="Graph outputs: absolute tolerance (default by precision).")
-@click.option("--rtol", type=float, help="Graph outputs: relative tolerance.")
+@click.option("--rtol", type=float, help="Graph and step outputs: tolerance relative to the output's scale.")
 @click.option("--step-atol", type=float, help="Teacher-forced logits: absolute tolerance.")
 @click.option("--min-step-agreement", type=float, help="Required fraction of steps with the same argmax.")
 @click.option("--min-exact-match", type=float, help="Required fraction of identical sequences.")
 @click.option("--max-bleu-drop", type=float, help="With references: allowed BLEU drop.")
+@click.option("--min-text-match", type=float, help="Required fraction of texts equal to your pipeline's.")
 @click.option("--no-record", is_flag=True, help="Do not write the result into the bundle's manifest.")
-def validate(bundle: str, reference: str, data: str | None, json_out: str | None, no_record: bool, **overrides) -> None:
-    """Check BUNDLE against its reference at graph, step and sequence level. Exit 1 on a failed check."""
+def validate(
+    bundle: str,
+    reference: str,
+    data: str | None,
+    pairs: str | None,
+    json_out: str | None,
+    no_record: bool,
+    **overrides,
+) -> None:
+    """Check BUNDLE against REFERENCE at graph, step, sequence and text level. Exit 1 on a failed check."""
     from dataclasses import replace
 
     from edgeseq.export.parity import PRECISION_THRESHOLDS
     from edgeseq.export.validate import precision_of, read_pairs, validate_bundle
     from edgeseq.runtime import load_bundle
 
+    if json_out and json_out != "-":
+        _writable_file(json_out, "--json")
+    for name, value in overrides.items():
+        if value is not None and not (value >= 0 and value == value and value != float("inf")):
+            raise click.BadParameter(
+                f"must be a finite number >= 0, got {value}", param_hint=f"--{name.replace('_', '-')}"
+            )
+    if data and pairs:
+        raise EdgeseqError("give --data or --pairs, not both (--pairs carries its sources)")
     texts, references = read_pairs(data) if data else (None, None)
+    expected = None
+    if pairs:
+        texts, expected = read_pairs(pairs)
+        if expected is None:
+            raise EdgeseqError(f"--pairs {pairs}: every line needs source<TAB>expected output")
     base = PRECISION_THRESHOLDS[precision_of(load_bundle(bundle, verify_checksums=False).manifest)]
     thresholds = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    report = validate_bundle(bundle, reference, texts, references, thresholds, record=not no_record)
+    report = validate_bundle(
+        bundle,
+        reference,
+        texts,
+        references,
+        thresholds,
+        record=not no_record,
+        expected=expected,
+        expected_name=f"pairs {pairs}",
+    )
     if json_out == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         click.echo(report.table())
         if json_out:
-            Path(json_out).write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+            _write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
     if not report.ok:
         sys.exit(1)
+
+
+def _writable_file(path: str, flag: str) -> None:
+    """Refuse, before any work, an output file that cannot be written (a directory, a missing folder)."""
+    p = Path(path)
+    if p.is_dir():
+        raise EdgeseqError(f"{flag} {path} is a directory: give a file name")
+    if not p.parent.is_dir():
+        raise EdgeseqError(f"{flag} {path}: the folder {p.parent} does not exist")
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a report file whole (temporary file, then rename), one line on failure."""
+    import os
+
+    from edgeseq.fsutil import WriteError, describe_os_error
+
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(describe_os_error(e, e.filename or p)) from None
 
 
 @cli.command()

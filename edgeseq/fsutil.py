@@ -1,14 +1,54 @@
-"""Putting a finished directory in place atomically (no torch, no onnx)."""
+"""Writing a bundle safely (no torch, no onnx): nothing the user did not name is removed or replaced.
+
+`building(target, force, inputs)` is the one way edgeseq writes a directory: it refuses a target that is a
+file, a directory that is not an edgeseq bundle, or one equal to, inside, or above an input; takes an
+exclusive lock so that a second writer to the same target fails at once; builds in a hidden directory
+beside the target with the user's umask; and puts the result in place in one step when it is whole.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
+import fcntl
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from edgeseq.errors import EdgeseqError
+
 _RENAME_EXCHANGE = 2  # Linux renameat2 flag: swap two paths in one step
+MANIFEST = "edgeseq.json"
+
+
+class WriteError(EdgeseqError):
+    """The filesystem refused a write (disk full, read-only, no permission, a special path)."""
+
+
+class TargetError(EdgeseqError):
+    """The output path names something edgeseq must not replace (a file, another directory, an input)."""
+
+
+def describe_os_error(e: OSError, path: Path | str) -> str:
+    """One line naming the path and the cause of a failed file operation."""
+    why = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "the filesystem is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOENT: "no such file or directory",
+        errno.ENOTDIR: "a part of the path is not a directory",
+        errno.EISDIR: "it is a directory",
+        errno.ELOOP: "too many levels of symbolic links",
+        errno.ENAMETOOLONG: "the name is too long",
+        errno.EXDEV: "it is on another filesystem",
+    }.get(e.errno, e.strerror or type(e).__name__)
+    return f"{path}: {why}"
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -42,3 +82,125 @@ def replace_dir(new: Path, target: Path) -> None:
     target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _related(a: Path, b: Path) -> str | None:
+    if a == b:
+        return "is"
+    if a.is_relative_to(b):
+        return "is inside"
+    if b.is_relative_to(a):
+        return "contains"
+    return None
+
+
+def check_target(target: str | Path, force: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse a target that would damage something: see `building`. Returns it as a Path."""
+    target = Path(target)
+    text = str(target)
+    if not text or "\0" in text:
+        raise TargetError(f"--out {text!r} is not a usable path")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        raise TargetError(f"--out {text!r} is not a usable path (it cannot be encoded)") from None
+    try:
+        real = target.resolve()
+        for given in inputs:
+            relation = _related(real, Path(given).resolve())
+            if relation:
+                raise TargetError(
+                    f"--out {target} {relation} the input {given}: write the new bundle somewhere else "
+                    "(edgeseq never writes over, into or around its inputs)"
+                )
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise TargetError(f"--out {target} exists and is not a directory: edgeseq replaces only a bundle")
+        if target.exists() and any(target.iterdir()):  # an empty directory holds nothing to lose
+            if not (target / MANIFEST).is_file():
+                raise TargetError(
+                    f"--out {target} exists and is not an edgeseq bundle (no {MANIFEST}): refusing to replace it, "
+                    "even with --force; choose a new directory"
+                )
+            if not force:
+                raise TargetError(f"{target} already exists: choose another --out, or pass --force to replace it")
+    except OSError as e:
+        raise WriteError(describe_os_error(e, target)) from None
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def building(target: str | Path, force: bool = False, inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Yield a new empty directory beside `target`; when the block ends without error, it replaces `target`.
+
+    Refused before any work: `target` equal to, inside, or an ancestor of one of `inputs`; a file or a
+    non-bundle directory at `target` (even with `force`); an existing bundle without `force`; a second
+    writer to the same target while this one runs (an exclusive lock). On any failure the partial
+    directory is removed and an old bundle at `target` stays as it was. Files get the user's umask.
+    """
+    target = check_target(target, force, inputs)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(describe_os_error(e, parent)) from None
+    lock_path = parent / f".{target.name}.lock"
+    lock = _lock(lock_path, target)
+    tmp: Path | None = None
+    try:
+        check_target(target, force, inputs)  # again, under the lock: another writer may have just finished
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
+            os.chmod(tmp, 0o777 & ~_umask())
+        except OSError as e:
+            raise WriteError(describe_os_error(e, parent)) from None
+        try:
+            yield tmp
+            _set_modes(tmp)
+            replace_dir(tmp, target)
+        except OSError as e:
+            raise WriteError(describe_os_error(e, e.filename or target)) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(lock)
+
+
+def _lock(path: Path, target: Path) -> int:
+    """An exclusive lock on `path` (created); refused at once if another process holds it."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            raise WriteError(describe_os_error(e, path)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise TargetError(
+                f"{target} is being written by another edgeseq process; try again when it ends"
+            ) from None
+        try:  # the holder before us may have removed the file as we opened it: lock the file that is there
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _set_modes(directory: Path) -> None:
+    """Files 0666 and directories 0777 less the umask (tempfile creates them private)."""
+    mask = _umask()
+    for root, dirs, files in os.walk(directory):
+        for d in dirs:
+            os.chmod(Path(root) / d, 0o777 & ~mask)
+        for f in files:
+            os.chmod(Path(root) / f, 0o666 & ~mask)
+    os.chmod(directory, 0o777 & ~mask)

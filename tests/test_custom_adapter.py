@@ -6,7 +6,7 @@ from torch import nn
 
 from edgeseq.bundle import DecoderSpec, GraphSpec, StateSpec, TensorSpec
 from edgeseq.errors import OptionsError
-from edgeseq.export import ExportOptions, Seq2SeqAdapter, export_model
+from edgeseq.export import ExportOptions, Framing, Seq2SeqAdapter, export_model
 from edgeseq.export.trace import ExportError
 from edgeseq.runtime import Generator
 from edgeseq.runtime.batching import pad_batch
@@ -104,6 +104,7 @@ def test_custom_model_exports_and_decodes_like_pytorch(tmp_path):
         source_vocab=sv,
         target_vocab=tv,
         options=ExportOptions(max_new_tokens=12),
+        framing=Framing(suffix=["</s>"]),
     )
     assert report.ok, report.table()
     assert {c.graph for c in report.outputs} == {"encoder", "attention", "decoder_step"}
@@ -145,7 +146,9 @@ def test_spec_that_declares_an_unused_input_is_refused(tmp_path):
     model, sv, tv = make()
     sloppy = with_extra_input("attention", TensorSpec("src_mask", "int64", ("batch", "src_len")))
     with pytest.raises(ExportError, match=r"declares \['memory', 'src_mask'\].*remove it from the graph spec"):
-        export_model(sloppy(model, len(sv), len(tv)), tmp_path / "b", source_vocab=sv, target_vocab=tv)
+        export_model(
+            sloppy(model, len(sv), len(tv)), tmp_path / "b", source_vocab=sv, target_vocab=tv, framing=Framing()
+        )
     assert not list(tmp_path.iterdir())  # nothing half-written beside the target
 
 
@@ -158,5 +161,5 @@ def test_spec_with_an_input_from_nowhere_is_refused(tmp_path):
 
 def test_unknown_model_type_is_refused(tmp_path):
     sv, tv = vocabs()
-    with pytest.raises(OptionsError, match="cannot export a Linear: pass a model from edgeseq.models"):
+    with pytest.raises(OptionsError, match="cannot export a Linear: pass .*an edgeseq.models.RNNSeq2Seq"):
         export_model(nn.Linear(2, 2), tmp_path / "b", source_vocab=sv, target_vocab=tv)

@@ -139,12 +139,15 @@ def test_cli_export_and_generate_equal_the_transformers_pipeline(exported, tmp_p
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(
         CheckpointError, match="model_type 'gpt2' is not supported; supported .*: bart, marian, mbart, mt5, t5"
     ):
-        load_hf_checkpoint(tmp_path)
+        load_hf_checkpoint(tmp_path / "hf")
     r = subprocess.run(
-        [sys.executable, "-m", "edgeseq", "export", tmp_path, "--out", tmp_path / "b"], capture_output=True, text=True
+        [sys.executable, "-m", "edgeseq", "export", tmp_path / "hf", "--out", tmp_path / "b"],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not supported" in r.stderr

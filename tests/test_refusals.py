@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import onnx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -68,10 +69,15 @@ def symlink_out(b):
 
 
 def external_data_out(b):
-    """Point the decoder step's weights at ../weights.bin (same length, so the protobuf stays valid)."""
+    """Point the decoder step's weights at ../weights.bin (a valid ONNX file, written by onnx)."""
     path = b / "decoder_step.onnx"
     shutil.copy(b / "weights.bin", b.parent / "weights.bin")
-    path.write_bytes(path.read_bytes().replace(b"\x0bweights.bin", b"\x0e../weights.bin"))
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../weights.bin"
+    onnx.save(model, str(path))
     rehash(b, "decoder_step.onnx")
     return lambda: load_bundle(b)
 
@@ -86,7 +92,7 @@ BUNDLE_CASES = {
         BundleError,
         "attention.onnx: missing (listed in the manifest as graphs.attention.file)",
     ),
-    "truncated graph": (truncated_graph, BundleError, "encoder.onnx: onnxruntime cannot load it"),
+    "truncated graph": (truncated_graph, BundleError, "encoder.onnx: not a valid ONNX file"),
     "graph modified": (
         lambda b: corrupt(b / "decoder_step.onnx") or (lambda: load_bundle(b)),
         BundleError,
@@ -103,9 +109,9 @@ BUNDLE_CASES = {
         "target_vocab.json: checksum mismatch",
     ),
     "unknown format version": (
-        lambda b: edit(b, lambda d: d.update(format_version=2)) or (lambda: load_bundle(b)),
+        lambda b: edit(b, lambda d: d.update(format_version=3)) or (lambda: load_bundle(b)),
         BundleError,
-        "unsupported format_version 2; this edgeseq reads version 1",
+        "unsupported format_version 3; this edgeseq reads versions 1, 2",
     ),
     "manifest not JSON": (
         lambda b: write(b / MANIFEST, "{") or (lambda: load_bundle(b)),
@@ -164,7 +170,7 @@ BUNDLE_CASES = {
     "file entry out of the bundle": (
         lambda b: edit(b, lambda d: d["files"].update({"../x": "0"})) or (lambda: load_bundle(b)),
         BundleError,
-        "files.../x: must be a plain file name inside the bundle",
+        "files.'../x': must be a plain file name inside the bundle",
     ),
     "state from nowhere": (
         lambda b: (
@@ -207,9 +213,9 @@ BUNDLE_CASES = {
     "no sources": (lambda b: lambda: Generator(b).generate_ids([]), InputError, "no sources given"),
     "empty token list": (lambda b: lambda: Generator(b).generate_ids([[]]), InputError, "source 0 is empty"),
     "character the tokenizer lacks": (
-        lambda b: lambda: Generator(b).generate(["abc§"]),
+        lambda b: edit(b, lambda d: d["source_framing"].update(unk=None)) or (lambda: Generator(b).generate(["abc§"])),
         InputError,
-        "cannot encode '§' in 'abc§': it is not in the vocabulary",
+        "cannot encode '§' in 'abc§': it is not in the vocabulary, which has no <unk>",
     ),
     "source longer than the bundle takes": (
         lambda b: (
@@ -296,12 +302,19 @@ def cli(*args):
 def test_cli_refusals_are_one_line(bundle, checkpoint_and_bundle, tmp_path):
     ckpt, _ = checkpoint_and_bundle
     (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
     corrupt(bundle / "weights.bin")
     cases = [
         (("generate", bundle, "abc"), 1, "checksum mismatch"),
         (("generate", tmp_path / "none", "abc"), 1, "does not exist"),
-        (("export", ckpt, "--out", tmp_path / "taken"), 1, "already exists: choose another --out, or pass --force"),
-        (("quantize", checkpoint_and_bundle[1], "--out", tmp_path / "taken", "--mode", "int8"), 2, "already exists"),
+        (("export", ckpt, "--out", tmp_path / "taken"), 1, "exists and is not an edgeseq bundle"),
+        (("export", ckpt, "--out", tmp_path / "taken", "--force"), 1, "refusing to replace it, even with --force"),
+        (
+            ("export", ckpt, "--out", checkpoint_and_bundle[1]),
+            1,
+            "already exists: choose another --out, or pass --force",
+        ),
+        (("quantize", checkpoint_and_bundle[1], "--out", tmp_path / "taken", "--mode", "int8"), 1, "not an edgeseq"),
         (("demo", "--out", tmp_path / "taken"), 1, "already exists"),
         (("export", tmp_path / "none.safetensors", "--out", tmp_path / "x"), 1, "does not exist"),
         (("generate", checkpoint_and_bundle[1], "abc", "--provider", "cuda"), 2, "provider 'cuda' is not available"),
@@ -310,7 +323,7 @@ def test_cli_refusals_are_one_line(bundle, checkpoint_and_bundle, tmp_path):
         r = cli(*args)
         assert r.returncode == code and message in r.stderr, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
-    assert list((tmp_path / "taken").iterdir()) == []  # nothing written into what was refused
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]  # nothing written into what was refused
     r = cli("generate", bundle, "abc", "--no-verify")  # the opt-out for very large bundles
     assert r.returncode != 0 or r.stdout  # a corrupted weights file may then fail or decode; never a traceback
     assert "Traceback" not in r.stderr

@@ -23,7 +23,7 @@ def test_runtime_imports_no_torch_onnx_or_onnxsim():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda d: d.update(format_version=99), "unsupported format_version 99; this edgeseq reads version 1"),
+        (lambda d: d.update(format_version=99), "unsupported format_version 99; this edgeseq reads versions 1, 2"),
         (lambda d: d.update(format="other"), "'format' is 'other', expected 'edgeseq-bundle'"),
         (lambda d: d.pop("decoder"), "decoder: missing"),
         (lambda d: d.update(max_new_tokens="64"), "max_new_tokens: expected int, got str"),
@@ -86,7 +86,7 @@ def test_missing_and_truncated_graphs(bundle_copy):
     attention.write_bytes(saved)
     enc = bundle_copy / "encoder.onnx"
     enc.write_bytes(enc.read_bytes()[:100])
-    with pytest.raises(BundleError, match=r"encoder\.onnx: onnxruntime cannot load it"):
+    with pytest.raises(BundleError, match=r"encoder\.onnx: not a valid ONNX file"):
         Generator(load_bundle(bundle_copy, verify_checksums=False))
 
 
@@ -116,12 +116,14 @@ def test_graph_io_that_differs_from_manifest_is_refused(bundle_copy):
         Generator(load_bundle(bundle_copy))
 
 
-def test_bad_source_input(bundle_factory):
+def test_bad_source_input(bundle_factory, bundle_copy):
     gen = Generator(bundle_factory()[0])
     with pytest.raises(InputError, match="empty source text"):
         gen.generate(["  "])
+    assert gen.encode("ab#")[2] == gen.bundle.manifest.source_framing.unk  # not in the vocabulary: <unk>
+    edit_manifest(bundle_copy, lambda d: d["source_framing"].update(unk=None))  # a model without <unk>
     with pytest.raises(InputError, match="cannot encode '#' in 'ab#'"):
-        gen.generate(["ab#"])
+        Generator(bundle_copy).generate(["ab#"])
     with pytest.raises(InputError, match="token id 500 is out of range"):
         gen.generate_ids([[4, 500, 2]])
     with pytest.raises(InputError, match="no sources given"):

@@ -120,7 +120,8 @@ def test_streaming_yields_the_greedy_tokens_as_text(family_bundles):
     events = list(gen.stream(texts))
     results = gen.generate(texts)
     for i, r in enumerate(results):
-        assert [e.token for e in events if e.source == i] == list(r.tokens)
+        assert [e.token for e in events if e.source == i and not e.done] == list(r.tokens)
+        assert [e.done for e in events if e.source == i][-1]  # the last event of a source ends it
         assert "".join(e.piece for e in events if e.source == i) == r.text
     with pytest.raises(OptionsError, match="streaming needs greedy decoding or sampling"):
         next(gen.stream(texts, DecodingOptions(beam_size=2)))

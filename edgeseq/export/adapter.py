@@ -13,7 +13,8 @@ implement five things:
 - ``encoder(x)``, ``attention(x)``, ``decoder_step(x)``: each takes a dict of that graph's inputs by name
   and returns a dict of its outputs by name. Any step input that is neither the tokens, the step index
   nor a state is looked up by name among ``src_ids``, ``src_mask`` and the encoder and attention outputs.
-- ``special_tokens()``: ``pad``, ``bos``, ``eos``, ``decoder_start`` ids of the target vocabulary.
+- ``special_tokens()``: the target vocabulary's ``eos`` and ``decoder_start`` ids, and ``pad`` and ``bos``
+  where the model has them.
 - ``source_vocab_size`` and ``max_source_length`` attributes (``max_target_length`` where positions limit
   the number of generated tokens).
 
@@ -37,6 +38,16 @@ class Seq2SeqAdapter(nn.Module):
     source_vocab_size: int
     max_source_length: int = 1024
     max_target_length: int | None = None  # most tokens the decoder can position (None: no limit)
+    source_pad_id: int | None = None  # the id that pads src_ids (None: the target's pad id, or 0)
+    # (prefix, suffix) source ids the model was trained with, where the model itself implies them
+    # (edgeseq's reference models: the pieces, then </s>); None: the exporter must be told
+    implied_framing: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    @property
+    def source_pad(self) -> int:
+        if self.source_pad_id is not None:
+            return self.source_pad_id
+        return self.special_tokens().get("pad", 0)
 
     def graph_specs(self) -> dict[str, GraphSpec]:
         raise NotImplementedError
@@ -73,11 +84,13 @@ class GraphModule(nn.Module):
 class TorchBackend:
     """The generation loop's backend on the PyTorch model itself: the parity reference."""
 
-    def __init__(self, adapter: Seq2SeqAdapter) -> None:
+    def __init__(self, adapter: Seq2SeqAdapter, masked_padding: bool = True) -> None:
         self.adapter = adapter.eval()
         self.graphs = adapter.graph_specs()
         self.step_graph = self.graphs["decoder_step"]
         self.special_tokens = adapter.special_tokens()
+        self.source_pad = adapter.source_pad
+        self.masked_padding = masked_padding  # as the bundle says: decode only equal-length sources together
 
     @torch.no_grad()
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

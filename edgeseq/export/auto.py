@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeseq.errors import EdgeseqError
 from edgeseq.export.quantize import Recipe, quantize_bundle
+from edgeseq.fsutil import check_target
 from edgeseq.runtime import Generator
 
 
@@ -55,13 +54,14 @@ def auto_quantize(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[Trial | None, list[Trial]]:
     """Try recipes on `texts`; install the smallest within `budget` points of exact-match drop at `out`."""
+    check_target(out, force, [src])  # before any trial: never over, into or around the input
     base_exact, base_tps, base_bytes = _measure(src, texts, references or [""] * len(texts), threads)
     fp32_out = [r.text for r in Generator(src, threads=threads).generate(list(texts))]
     expected = list(references) if references else fp32_out
     base = base_exact if references else 1.0
     trials = [Trial(Recipe.uniform("fp32"), base_bytes, base_tps, base, 0.0, True)]
     with tempfile.TemporaryDirectory(prefix=".edgeseq-auto-", dir=out.parent if out.parent.exists() else None) as tmp:
-        for i, recipe in enumerate(candidates(list(Generator(src).bundle.manifest.graphs), bool(calibration))):
+        for i, recipe in enumerate(candidates(list(Generator(src).bundle.manifest.loop_graphs), bool(calibration))):
             progress(f"trying {recipe.name}")
             path = quantize_bundle(src, Path(tmp) / f"trial{i}", recipe, calibration)
             exact, tps, size = _measure(path, texts, expected, threads)
@@ -69,12 +69,8 @@ def auto_quantize(
             trials.append(Trial(recipe, size, tps, exact, drop, drop <= budget))
         fitting = [t for t in trials[1:] if t.within_budget]
         best = min(fitting, key=lambda t: (t.bytes, -t.tokens_per_s)) if fitting else None
-        if best is not None:
-            if out.exists():
-                if not force:
-                    raise EdgeseqError(f"{out} already exists: choose another --out, or pass --force to replace it")
-                shutil.rmtree(out)
-            quantize_bundle(src, out, best.recipe, calibration)
+        if best is not None:  # built beside `out` and swapped in: an old bundle there stays whole until then
+            quantize_bundle(src, out, best.recipe, calibration, force)
     return best, trials
 
 

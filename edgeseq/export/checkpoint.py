@@ -10,20 +10,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from edgeseq.errors import CheckpointError, EdgeseqError
-from edgeseq.models.rnn import RNNConfig, RNNSeq2Seq
-from edgeseq.models.transformer import TransformerConfig, TransformerSeq2Seq
+from edgeseq.export.families import checkpoint_family, checkpoint_family_of
 from edgeseq.vocab import Vocab
 
 CHECKPOINT_VERSION = 1
-FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
-    "rnn": (RNNConfig, RNNSeq2Seq),
-    "transformer": (TransformerConfig, TransformerSeq2Seq),
-}
 
 
 @dataclass
@@ -36,22 +32,12 @@ class Checkpoint:
     info: dict[str, Any]
 
 
-def family_of(model: nn.Module) -> str:
-    for name, (_, cls) in FAMILIES.items():
-        if isinstance(model, cls):
-            return name
-    raise CheckpointError(
-        f"cannot save a {type(model).__name__}: supported models are "
-        + ", ".join(cls.__name__ for _, cls in FAMILIES.values())
-    )
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, source_vocab: Vocab, target_vocab: Vocab, **info: Any) -> Path:
     """Write `model` (a reference model from edgeseq.models) as one .safetensors file."""
     path = Path(path)
     meta = {
         "checkpoint_version": CHECKPOINT_VERSION,
-        "family": family_of(model),
+        "family": checkpoint_family_of(model).name,
         "config": model.cfg.to_dict(),
         "source_vocab": source_vocab.to_json(),
         "target_vocab": target_vocab.to_json(),
@@ -72,7 +58,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta_text = (f.metadata() or {}).get("edgeseq")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
             f"{path}: not an edgeseq checkpoint ({e}); edgeseq reads only the .safetensors files it writes "
@@ -84,20 +70,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     try:
         meta = json.loads(meta_text)
-        family = meta["family"]
-        config_cls, model_cls = FAMILIES[family]
+        if not isinstance(meta, dict):
+            raise TypeError("the edgeseq metadata is not a JSON object")
+        config_cls, model_cls = checkpoint_family(meta["family"]).checkpoint
         names = {f.name for f in fields(config_cls)}
         cfg = config_cls(**{k: v for k, v in meta["config"].items() if k in names})
         vocabs = Vocab.from_json(meta["source_vocab"]), Vocab.from_json(meta["target_vocab"])
     except EdgeseqError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: its edgeseq metadata is nested too deeply") from None
     except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed edgeseq metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    with torch.device("meta"):  # the config's shapes, without allocating them
+        expected = {k: tuple(v.shape) for k, v in model_cls(cfg).state_dict().items()}
+    if expected != shapes:
+        diff = sorted(set(expected) ^ set(shapes)) or [k for k in expected if expected[k] != shapes[k]]
         raise CheckpointError(
-            f"{path}: malformed edgeseq metadata ({type(e).__name__}: {e}); known families: {', '.join(FAMILIES)}"
-        ) from None
+            f"{path}: weights do not fit the config (e.g. {diff[0]!r}: config {expected.get(diff[0])}, "
+            f"file {shapes.get(diff[0])})"
+        )
     model = model_cls(cfg)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the config ({str(e).splitlines()[0]})") from None
+    with safe_open(str(path), framework="pt") as f:
+        model.load_state_dict({k: f.get_tensor(k) for k in f.keys()}, strict=True)
     return Checkpoint(model.eval(), *vocabs, meta.get("info", {}))

@@ -5,16 +5,23 @@
    the fraction of steps whose argmax agrees, and the first step where it does not;
 3. sequence: greedy tokens (exact match, first divergence), one source at a time and as a padded batch,
    and, given reference translations, BLEU and chrF of both (sacrebleu).
+(4. text, against the user's own pipeline, is in export/text_check.py.)
+
+Tolerances are relative to each output's scale (its largest finite reference magnitude): logits in the
+hundreds pass at the same relative error as logits near one. Infinities agree when both sides have the same
+one (masked logits); token-id outputs are compared for equality. Counts are reported as counts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
-from edgeseq.bundle import DecoderSpec
+from edgeseq.bundle import DecoderSpec, SourceFraming
 from edgeseq.runtime.batching import pad_batch
 from edgeseq.runtime.loop import decode, initial_state
 from edgeseq.runtime.options import DecodingOptions
@@ -24,28 +31,48 @@ from edgeseq.runtime.options import DecodingOptions
 class Thresholds:
     """What counts as a pass. A None tolerance reports the figure without judging it."""
 
-    atol: float | None = 1e-4  # graph outputs pass when |got - ref| <= atol + rtol * |ref| everywhere
-    rtol: float = 1e-4
-    step_atol: float | None = 1e-3  # teacher-forced logits, every step
+    atol: float | None = 1e-4  # graph outputs pass when max |got - ref| <= atol + rtol * scale(ref)
+    rtol: float = 1e-4  # scale(ref): the output's largest finite reference magnitude
+    step_atol: float | None = 1e-3  # teacher-forced logits, every step: max error <= step_atol + rtol * scale
     min_step_agreement: float = 1.0  # fraction of teacher-forced steps whose argmax agrees
     min_exact_match: float = 1.0  # fraction of greedy sequences identical to the reference's
     max_bleu_drop: float | None = None  # with reference translations: BLEU may fall at most this much
+    min_text_match: float = 1.0  # fraction of texts identical to the user's own pipeline's (text level)
 
 
 PRECISION_THRESHOLDS = {
     "fp32": Thresholds(),
-    "fp16": Thresholds(atol=None, step_atol=None, min_step_agreement=0.98, min_exact_match=0.9, max_bleu_drop=1.0),
-    "int8": Thresholds(atol=None, step_atol=None, min_step_agreement=0.95, min_exact_match=0.85, max_bleu_drop=2.0),
+    "fp16": Thresholds(
+        atol=None, step_atol=None, min_step_agreement=0.98, min_exact_match=0.9, max_bleu_drop=1.0, min_text_match=0.9
+    ),
+    "int8": Thresholds(
+        atol=None, step_atol=None, min_step_agreement=0.95, min_exact_match=0.85, max_bleu_drop=2.0, min_text_match=0.85
+    ),
 }
+
+
+def count(part: int, whole: int) -> str:
+    """'1999/2000 (99.9%)': never rounded up to 100% unless every one agrees."""
+    if not whole:
+        return "0/0"
+    pct = 100.0 if part == whole else min(math.floor(1000 * part / whole) / 10, 99.9)
+    return f"{part}/{whole} ({pct:.1f}%)"
 
 
 @dataclass
 class OutputCheck:
     graph: str
     output: str
-    max_abs: float
-    max_rel: float  # max_abs relative to the output's largest reference magnitude
+    max_abs: float  # float outputs: largest difference (0 where both sides hold the same infinity)
+    max_rel: float  # max_abs relative to the output's scale (largest finite reference magnitude)
     ok: bool
+    differ: int | None = None  # token-id outputs: how many ids differ (compared for equality) ...
+    total: int | None = None  # ... out of how many
+
+    def describe(self) -> str:
+        if self.differ is not None:
+            return f"graph {self.graph}: {self.output} {self.differ}/{self.total} ids differ"
+        return f"graph {self.graph}: {self.output} max abs error {self.max_abs:.3g} (relative {self.max_rel:.2g})"
 
 
 @dataclass
@@ -57,6 +84,8 @@ class StepCheck:
     first_divergence: list[int | None]  # per sentence: first step whose argmax differs
     ok: bool
     graphs_off: list[str]  # graphs whose outputs exceed the graph tolerance: where to look
+    agreed: int = 0  # steps whose argmax agrees (of `steps`)
+    max_rel: float = 0.0  # max_abs relative to the logits' scale
 
 
 @dataclass
@@ -88,21 +117,30 @@ class ParityReport:
     steps: StepCheck | None = None
     sequences: list[SequenceCheck] = field(default_factory=list)
     quality: QualityCheck | None = None
+    text: Any = None  # a TextCheck (export/text_check.py): the bundle's text against the user's pipeline
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. unmasked padding)
+    declarations: list[str] = field(default_factory=list)  # ids/framing the bundle declares unlike the reference
 
     @property
     def ok(self) -> bool:
-        checks = [*self.outputs, *self.sequences, *(c for c in (self.steps, self.quality) if c is not None)]
-        return all(c.ok for c in checks)
+        checks = [*self.outputs, *self.sequences, *(c for c in (self.steps, self.quality, self.text) if c is not None)]
+        return all(c.ok for c in checks) and not self.declarations
 
     def failures(self) -> list[str]:
-        bad = [f"graph {c.graph}: {c.output} max abs error {c.max_abs:.3g}" for c in self.outputs if not c.ok]
+        bad = [c.describe() for c in self.outputs if not c.ok]
         s = self.steps
         if s is not None and not s.ok:
             where = f" (graphs off: {', '.join(s.graphs_off)})" if s.graphs_off else ""
-            bad.append(f"step: logits max abs error {s.max_abs:.3g}, argmax agreement {s.agreement:.1%}{where}")
-        bad += [f"{q.name}: exact match {q.exact_match:.1%}" for q in self.sequences if not q.ok]
+            bad.append(
+                f"step: logits max abs error {s.max_abs:.3g} (relative {s.max_rel:.2g}), "
+                f"argmax agreement {count(s.agreed, s.steps)}{where}"
+            )
+        bad += [f"{q.name}: exact match {count(q.exact, q.sources)}" for q in self.sequences if not q.ok]
         if self.quality is not None and not self.quality.ok:
             bad.append(f"BLEU {self.quality.bleu:.2f} vs reference {self.quality.bleu_reference:.2f}")
+        if self.text is not None and not self.text.ok:
+            bad.append(self.text.describe())
+        bad += [f"declared differently: {d}" for d in self.declarations]
         return bad
 
     def to_json(self) -> dict:
@@ -113,29 +151,34 @@ class ParityReport:
             "steps": asdict(self.steps) if self.steps else None,
             "sequences": [{**asdict(s), "exact_match": s.exact_match} for s in self.sequences],
             "quality": asdict(self.quality) if self.quality else None,
+            "text": self.text.to_json() if self.text else None,
+            "notes": list(self.notes),
+            "declarations": list(self.declarations),
         }
 
     def table(self) -> str:
         lines = [f"{'graph':<14}{'output':<16}{'max abs':>11}{'max rel':>11}  result"]
         for c in self.outputs:
             verdict = "ok" if c.ok else "FAIL"
-            lines.append(f"{c.graph:<14}{c.output:<16}{c.max_abs:>11.2e}{c.max_rel:>11.2e}  {verdict}")
+            if c.differ is not None:
+                lines.append(f"{c.graph:<14}{c.output:<16}{f'{c.differ}/{c.total} ids differ':>22}  {verdict}")
+            else:
+                lines.append(f"{c.graph:<14}{c.output:<16}{c.max_abs:>11.2e}{c.max_rel:>11.2e}  {verdict}")
         if self.steps:
             s = self.steps
             div = [d for d in s.first_divergence if d is not None]
             lines += [
                 "",
-                f"steps (teacher-forced): {s.steps} steps of {s.sentences} sentences, logits max abs "
-                f"{s.max_abs:.2e}, argmax agreement {s.agreement:.1%}"
+                f"steps (teacher-forced): {s.sentences} sentences, logits max abs {s.max_abs:.2e} (relative "
+                f"{s.max_rel:.1e}), argmax agreement {count(s.agreed, s.steps)}"
                 + (f", first divergence at step {min(div)}" if div else "")
                 + f"  {'ok' if s.ok else 'FAIL'}",
             ]
-        lines += ["", f"{'sequences':<36}{'exact match':>13}  first divergence"]
+        lines += ["", f"{'sequences':<36}{'exact match':>20}  first divergence"]
         for q in self.sequences:
             div = [d for d in q.first_divergence if d is not None]
             where = f"at token {min(div)}" if div else "-"
-            count = f"{q.exact}/{q.sources}"
-            lines.append(f"{q.name:<36}{count:>6} {q.exact_match:>6.1%}  {where}  {'ok' if q.ok else 'FAIL'}")
+            lines.append(f"{q.name:<36}{count(q.exact, q.sources):>20}  {where}  {'ok' if q.ok else 'FAIL'}")
         if self.quality:
             q = self.quality
             lines += [
@@ -143,18 +186,35 @@ class ParityReport:
                 f"quality vs references: BLEU {q.bleu:.2f} (reference model {q.bleu_reference:.2f}), "
                 f"chrF {q.chrf:.2f} ({q.chrf_reference:.2f})  {'ok' if q.ok else 'FAIL'}",
             ]
+        if self.text:
+            lines += ["", self.text.line()]
+        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"declared differently: {d}  FAIL" for d in self.declarations]
         lines += ["", "PASS" if self.ok else "FAIL: " + "; ".join(self.failures())]
         return "\n".join(lines)
 
 
+def difference(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(max abs error, scale of ref): equal infinities (and NaN against NaN) count as no error; an infinity
+    or NaN on one side only as an infinite one. The scale is the largest finite |ref|."""
+    a, b = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    diff = np.where(same, 0.0, np.abs(a - b))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    finite = np.abs(b[np.isfinite(b)])
+    return (float(diff.max()) if diff.size else 0.0), (float(finite.max()) if finite.size else 0.0)
+
+
 def compare_output(graph: str, name: str, got: np.ndarray, ref: np.ndarray, t: Thresholds) -> OutputCheck:
     got = np.asarray(got)  # a device tensor (runtime/binding.py) comes to the host here
+    ref = np.asarray(ref)
     if got.shape != ref.shape:
         return OutputCheck(graph, name, float("inf"), float("inf"), False)
-    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    ok = t.atol is None or bool(np.all(diff <= t.atol + t.rtol * np.abs(ref)))
+    if np.issubdtype(ref.dtype, np.integer) or ref.dtype == np.bool_:
+        differ = int((got != ref).sum())
+        return OutputCheck(graph, name, 0.0, 0.0, t.atol is None or differ == 0, differ, int(ref.size))
+    max_abs, scale = difference(got, ref)
+    ok = t.atol is None or max_abs <= t.atol + t.rtol * scale
     return OutputCheck(graph, name, max_abs, max_abs / max(scale, 1e-12), ok)
 
 
@@ -162,7 +222,7 @@ def check_graphs(
     ref, got, spec: DecoderSpec, sources: Sequence[Sequence[int]], t: Thresholds, steps: int = 4
 ) -> list[OutputCheck]:
     """Each graph on both backends with identical inputs; the step graph at `steps` teacher-forced steps."""
-    src_ids, src_mask = pad_batch(sources, ref.special_tokens["pad"])
+    src_ids, src_mask = pad_batch(sources, ref.source_pad)
     feeds = {"src_ids": src_ids, "src_mask": src_mask}
     worst: dict[tuple[str, str], OutputCheck] = {}
 
@@ -170,7 +230,8 @@ def check_graphs(
         for name, r in ref_out.items():
             c = compare_output(graph, name, got_out[name], r, t)
             key = (graph, name)
-            if key not in worst or (worst[key].ok and not c.ok) or c.max_abs > worst[key].max_abs:
+            w = worst.get(key)
+            if w is None or (w.ok and not c.ok) or c.max_abs > w.max_abs or (c.differ or 0) > (w.differ or 0):
                 worst[key] = c
 
     enc_ref = ref.run("encoder", feeds)
@@ -198,7 +259,7 @@ def teacher_forced_logits(
 
     Works on either backend; (B, T, V). Rows shorter than T should be padded; compare only real positions.
     """
-    src_ids, src_mask = pad_batch(sources, backend.special_tokens["pad"])
+    src_ids, src_mask = pad_batch(sources, backend.source_pad)
     state = initial_state(backend, src_ids, src_mask, spec)
     logits = []
     for step in range(decoder_inputs.shape[1]):
@@ -221,23 +282,29 @@ def check_steps(
     graphs_off: list[str],
 ) -> StepCheck:
     """Teacher-force both on `targets` (the reference's greedy tokens, </s> appended); compare every step."""
-    start, pad = ref.special_tokens["decoder_start"], ref.special_tokens["pad"]
-    lengths = [len(x) for x in targets]
-    inputs = np.full((len(targets), max(lengths)), pad, dtype=np.int64)
-    for i, x in enumerate(targets):
-        inputs[i, : len(x)] = [start, *x[:-1]]
-    a = teacher_forced_logits(ref, spec, sources, inputs)
-    b = teacher_forced_logits(got, spec, sources, inputs)
-    max_abs, agree, total, first = 0.0, 0, 0, []
+    a, b, lengths = teacher_forced_pair(ref, got, spec, sources, targets)
+    max_abs, scale, agree, total, first = 0.0, 0.0, 0, 0, []
     for i, n in enumerate(lengths):
-        diff = np.abs(a[i, :n].astype(np.float64) - b[i, :n])
-        max_abs = max(max_abs, float(diff.max()))
-        same = a[i, :n].argmax(-1) == b[i, :n].argmax(-1)
+        err, size = difference(b[i, :n], a[i, :n])
+        max_abs, scale = max(max_abs, err), max(scale, size)
+        same = np.asarray(a[i, :n]).argmax(-1) == np.asarray(b[i, :n]).argmax(-1)
         agree, total = agree + int(same.sum()), total + n
         first.append(None if same.all() else int(np.argmin(same)))
     agreement = agree / total if total else 1.0
-    ok = (t.step_atol is None or max_abs <= t.step_atol) and agreement >= t.min_step_agreement
-    return StepCheck(len(targets), total, max_abs, agreement, first, ok, graphs_off)
+    close = t.step_atol is None or max_abs <= t.step_atol + t.rtol * scale
+    ok = close and agreement >= t.min_step_agreement
+    rel = max_abs / max(scale, 1e-12)
+    return StepCheck(len(targets), total, max_abs, agreement, first, ok, graphs_off, agree, rel)
+
+
+def teacher_forced_pair(ref, got, spec: DecoderSpec, sources, targets) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Both backends' (B, T, V) logits when fed `targets` (each row's tokens, </s> appended)."""
+    start = ref.special_tokens["decoder_start"]
+    lengths = [len(x) for x in targets]
+    inputs = np.full((len(targets), max(lengths)), start, dtype=np.int64)
+    for i, x in enumerate(targets):
+        inputs[i, : len(x)] = [start, *x[:-1]]
+    return teacher_forced_logits(ref, spec, sources, inputs), teacher_forced_logits(got, spec, sources, inputs), lengths
 
 
 def check_sequences(
@@ -291,13 +358,24 @@ def check_quality(ref_texts: list[str], got_texts: list[str], references: list[s
 
 
 def sample_sources(
-    vocab_size: int, count: int = 8, max_len: int = 12, seed: int = 0, eos: int = 2, first_regular: int = 4
+    vocab_size: int,
+    count: int = 8,
+    max_len: int = 12,
+    seed: int = 0,
+    framing: SourceFraming | None = None,
+    special: Sequence[int] = (),
 ) -> list[list[int]]:
-    """Random source id lists of mixed lengths (regular tokens, then </s>) for models without data."""
+    """Random sources of mixed lengths for models without data: regular ids (none of `special`, nor the
+    framing's own ids), framed as the model was trained (prefix + ids + suffix)."""
+    framing = framing or SourceFraming()
+    avoid = {*special, *framing.prefix, *framing.suffix, framing.pad, framing.unk}
+    regular = np.array([i for i in range(min(vocab_size, 1 << 20)) if i not in avoid], dtype=np.int64)
+    if not len(regular):
+        regular = np.arange(vocab_size)
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, max_len, size=count)
     lengths[0] = max_len - 1  # one source at full length, so the batch really is padded
-    return [[*map(int, rng.integers(first_regular, vocab_size, size=n)), eos] for n in lengths]
+    return [framing.frame([int(i) for i in rng.choice(regular, size=n)]) for n in lengths]
 
 
 def check_parity(

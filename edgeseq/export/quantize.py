@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,7 +25,7 @@ from edgeseq.bundle import Manifest, file_sha256
 from edgeseq.errors import OptionsError
 from edgeseq.export.trace import set_declared_types
 from edgeseq.export.weights import WEIGHTS_FILE, share_weights, split_projections
-from edgeseq.fsutil import replace_dir
+from edgeseq.fsutil import building, check_target
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.loop import decode
@@ -87,10 +86,11 @@ def capture_feeds(
 ) -> dict[str, list[dict[str, np.ndarray]]]:
     """The inputs each graph really receives while greedy-decoding `sources` (for static calibration)."""
     backend = OrtBackend(bundle)
-    feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in bundle.manifest.graphs}
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in bundle.manifest.loop_graphs}
 
     class Recording:
         graphs, step_graph, special_tokens = backend.graphs, backend.step_graph, backend.special_tokens
+        source_pad, masked_padding = backend.source_pad, backend.masked_padding
 
         def context(self, f):
             feeds["encoder"].append(_pick(bundle, "encoder", f))
@@ -199,23 +199,18 @@ def quantize_bundle(
 ) -> Path:
     """Write a quantized copy of bundle `src` at `out` (built beside it, moved into place when whole)."""
     src, out = Path(src), Path(out)
+    check_target(out, force, [src])  # before any work: never over, into or around the input
     bundle = load_bundle(src)
-    if out.resolve() == src.resolve():
-        raise OptionsError(f"--out {out} is the input bundle: quantizing never overwrites its input")
-    if out.exists() and not force:
-        raise OptionsError(f"{out} already exists: choose another --out, or pass --force to replace it")
-    static = [g for g in bundle.manifest.graphs if recipe.mode(g) == "static-int8"]
+    static = [g for g in bundle.manifest.loop_graphs if recipe.mode(g) == "static-int8"]
     if static and not calibration:
         raise OptionsError("static-int8 needs --calibration FILE: source sentences to measure activations on")
     feeds = {}
     if static:
         progress(f"capturing calibration inputs from {len(calibration)} sentences")
-        feeds = capture_feeds(bundle, [bundle.tokenizer.encode(t) for t in calibration])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+        feeds = capture_feeds(bundle, [bundle.encode(t) for t in calibration])
+    with building(out, force, [src]) as tmp:
         sizes = {}
-        for name, spec in bundle.manifest.graphs.items():
+        for name, spec in bundle.manifest.loop_graphs.items():
             mode = recipe.mode(name)
             progress(f"{name}: {mode}")
             quantize_graph(onnx.load(str(src / spec.file)), mode, tmp / spec.file, feeds.get(name))
@@ -225,19 +220,16 @@ def quantize_bundle(
             sizes[name] = model.ByteSize()
         for f in tokenizer_files(bundle.manifest.tokenizer):
             shutil.copyfile(src / f, tmp / f)
-        files = [g.file for g in bundle.manifest.graphs.values()]
+        files = [g.file for g in bundle.manifest.loop_graphs.values()]
         sharing = share_weights(tmp, files)
         split = split_projections(tmp, files)
         _manifest(bundle.manifest, tmp, recipe, src, sizes, {**asdict(sharing), "projections_split": split}).save(tmp)
         load_bundle(tmp)  # the new bundle must open cleanly before it takes the target name
-        replace_dir(tmp, out)
-        return out
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _manifest(m: Manifest, bundle: Path, recipe: Recipe, src: Path, sizes: dict, sharing: dict) -> Manifest:
-    graphs = {k: type(g)(g.file, g.inputs, g.outputs, file_sha256(bundle / g.file)) for k, g in m.graphs.items()}
+    graphs = {k: type(g)(g.file, g.inputs, g.outputs, file_sha256(bundle / g.file)) for k, g in m.loop_graphs.items()}
     files = {f: file_sha256(bundle / f) for f in m.files if (bundle / f).exists()}
     quantize: dict[str, Any] = {
         "recipe": asdict(recipe),

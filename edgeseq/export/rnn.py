@@ -13,7 +13,8 @@ import torch
 
 from edgeseq.bundle import DecoderSpec, GraphSpec, StateSpec, TensorSpec
 from edgeseq.export.adapter import Seq2SeqAdapter
-from edgeseq.models.rnn import RNNSeq2Seq
+from edgeseq.export.families import Family, register
+from edgeseq.models.rnn import RNNConfig, RNNSeq2Seq
 
 FLOAT, INT = "float32", "int64"
 
@@ -31,6 +32,7 @@ class RNNAdapter(Seq2SeqAdapter):
         self.source_vocab_size = cfg.src_vocab_size
         self.has_keys = cfg.attention in ("bahdanau", "luong-general")
         self.state_names = model.decoder.state_names
+        self.implied_framing = ((), (cfg.eos_id,))  # trained on Vocab.encode sources: the pieces, then </s>
 
     def special_tokens(self) -> dict[str, int]:
         c = self.cfg
@@ -93,3 +95,14 @@ class RNNAdapter(Seq2SeqAdapter):
         if weights is not None:
             out["attn_weights"] = weights
         return out
+
+
+register(
+    Family(
+        "rnn",
+        matches=lambda m: isinstance(m, RNNSeq2Seq),
+        adapter=RNNAdapter,
+        describe="an edgeseq.models.RNNSeq2Seq",
+        checkpoint=(RNNConfig, RNNSeq2Seq),
+    )
+)

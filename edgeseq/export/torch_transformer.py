@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseq.errors import OptionsError
+from edgeseq.export.families import Family, register
 from edgeseq.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 
@@ -125,3 +126,21 @@ def _load_layer(ours: nn.Module, theirs: nn.Module) -> None:
         raise OptionsError(f"{type(theirs).__name__} does not have the standard layout: {missing + unexpected}")
     for key in missing:
         ours.get_parameter(key).zero_()
+
+
+def _adapter(parts: TorchTransformerParts):
+    from edgeseq.export.transformer import TransformerAdapter
+
+    adapter = TransformerAdapter(from_torch_transformer(parts))
+    adapter.implied_framing = None  # the user's model: its framing must be declared
+    return adapter
+
+
+register(
+    Family(
+        "nn.Transformer",
+        matches=lambda m: isinstance(m, TorchTransformerParts),
+        adapter=_adapter,
+        describe="a TorchTransformerParts naming the parts of a model built on torch.nn.Transformer",
+    )
+)

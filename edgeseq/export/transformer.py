@@ -15,7 +15,8 @@ import torch
 
 from edgeseq.bundle import DecoderSpec, GraphSpec, StateSpec, TensorSpec
 from edgeseq.export.adapter import Seq2SeqAdapter
-from edgeseq.models.transformer import TransformerSeq2Seq
+from edgeseq.export.families import Family, register
+from edgeseq.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 FLOAT, INT = "float32", "int64"
 
@@ -34,6 +35,8 @@ class TransformerAdapter(Seq2SeqAdapter):
         self.max_target_length = cfg.max_positions
         self.layers = range(cfg.decoder_layers)
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.d_model // cfg.heads
+        if family == "transformer":  # edgeseq's own model, trained on Vocab.encode sources: pieces, then </s>
+            self.implied_framing = ((), (cfg.eos_id,))
 
     def special_tokens(self) -> dict[str, int]:
         c = self.cfg
@@ -96,3 +99,14 @@ class TransformerAdapter(Seq2SeqAdapter):
         for i, (k, v) in enumerate(new):
             out[f"self_k_{i}_out"], out[f"self_v_{i}_out"] = k, v
         return out
+
+
+register(
+    Family(
+        "transformer",
+        matches=lambda m: isinstance(m, TransformerSeq2Seq),
+        adapter=TransformerAdapter,
+        describe="an edgeseq.models.TransformerSeq2Seq",
+        checkpoint=(TransformerConfig, TransformerSeq2Seq),
+    )
+)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeseq.bundle import Manifest, file_sha256, read_manifest
-from edgeseq.errors import BundleError
-from edgeseq.runtime.tokenizer import Tokenizer, VocabTokenizer, load_tokenizer, tokenizer_files
+from edgeseq.bundle import Manifest, SourceFraming, file_sha256
+from edgeseq.errors import BundleError, InputError
+from edgeseq.manifest import plain_file_name, read_manifest
+from edgeseq.runtime.external import external_data_locations
+from edgeseq.runtime.tokenizer import HFTokenizer, Tokenizer, VocabTokenizer, load_tokenizer, tokenizer_files
 from edgeseq.vocab import Vocab
 
 
@@ -22,7 +24,7 @@ class Bundle:
 
     @property
     def source_vocab(self) -> Vocab | None:
-        """edgeseq's own source vocabulary (None for Hugging Face tokenizers)."""
+        """edgeseq's own source vocabulary (None for SentencePiece and Hugging Face tokenizers)."""
         return self.tokenizer.source if isinstance(self.tokenizer, VocabTokenizer) else None
 
     @property
@@ -32,11 +34,24 @@ class Bundle:
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name].file
 
+    def encode(self, text: str) -> list[int]:
+        """Source text -> the encoder's input ids, framed as the model was trained (prefix + pieces + suffix)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("empty source text: give at least one character")
+        return self.manifest.source_framing.frame(self.tokenizer.encode(text))
+
 
 def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
-    """Read and check a bundle. `verify_checksums=False` skips hashing the graphs (very large bundles)."""
+    """Read and check a bundle. `verify_checksums=False` skips hashing the files (very large bundles)."""
     root = Path(path)
     manifest = read_manifest(root)
+    try:
+        return _load(root, manifest, verify_checksums)
+    except OSError as e:  # a file vanished, a permission, a loop of symlinks
+        raise BundleError(f"{root}: cannot read the bundle ({type(e).__name__}: {e})") from None
+
+
+def _load(root: Path, manifest: Manifest, verify_checksums: bool) -> Bundle:
     for name, graph in manifest.graphs.items():
         file = _inside(root, graph.file, f"graphs.{name}.file")
         if verify_checksums and file_sha256(file) != graph.sha256:  # first: it explains any change
@@ -57,8 +72,18 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
                 f"{file}: checksum mismatch with the manifest (files.{name}): the file was modified after export"
             )
     for name in tokenizer_files(manifest.tokenizer):
-        _inside(root, name, "tokenizer")
-    tokenizer = load_tokenizer(root, manifest.tokenizer)
+        if not plain_file_name(name):
+            raise BundleError(f"{root}: tokenizer file {str(name)[:80]!r} must be a plain file name inside the bundle")
+        if name not in manifest.files:
+            raise BundleError(
+                f"{root}: tokenizer file {name!r} is not listed (with its sha256) in the manifest's files"
+            )
+    unk = manifest.source_framing.unk if manifest.source_framing is not None else None
+    tokenizer = load_tokenizer(root, manifest.tokenizer, unk)
+    if manifest.source_framing is None:  # format 1, tokenizer.json: its post-processor framed the sources
+        prefix, suffix = tokenizer.framing() if isinstance(tokenizer, HFTokenizer) else ([], [])
+        framing = SourceFraming(tuple(prefix), tuple(suffix), manifest.special_tokens.get("pad", 0))
+        manifest = dataclasses.replace(manifest, source_framing=framing)
     for side, size, have in (
         ("source", manifest.source_vocab_size, tokenizer.source_size),
         ("target", manifest.target_vocab_size, tokenizer.target_size),
@@ -68,34 +93,12 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     return Bundle(root, manifest, tokenizer)
 
 
-_LOCATION = re.compile(rb"\n\x08location\x12")
-
-
-def external_data_locations(path: Path) -> set[str]:
-    """The external-data file names an ONNX file refers to, read from its bytes (the runtime has no onnx).
-
-    They are the values of TensorProto.external_data entries whose key is "location".
-    """
-    data = path.read_bytes()
-    found = set()
-    for m in _LOCATION.finditer(data):
-        i, length, shift = m.end(), 0, 0
-        while i < len(data):  # a protobuf varint
-            byte = data[i]
-            length |= (byte & 0x7F) << shift
-            i, shift = i + 1, shift + 7
-            if not byte & 0x80:
-                break
-        found.add(data[i : i + length].decode("utf-8", errors="replace"))
-    return found
-
-
 def _inside(root: Path, name: str, field: str) -> Path:
     """The file `name` of the bundle; refuses one that is missing or resolves outside the bundle."""
     file = root / name
     try:
-        inside = file.resolve().is_relative_to(root.resolve())
-    except OSError as e:
+        inside = file.resolve(strict=False).is_relative_to(root.resolve())
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop on older Pythons
         raise BundleError(f"{file}: cannot resolve ({e})") from None
     if not inside:
         raise BundleError(f"{file}: {field} points outside the bundle directory; refusing to read it")

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
 from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor
 from edgeseq.runtime.bundle import Bundle, load_bundle
-from edgeseq.runtime.loop import Decoding, decode
+from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
@@ -56,14 +56,16 @@ class OrtBackend:
         self.providers = resolve_providers(provider)
         self.sessions = {
             name: GraphSession(bundle, name, self.providers, session_options(threads, step=name == "decoder_step"))
-            for name in bundle.manifest.graphs
+            for name in bundle.manifest.loop_graphs
         }
         notes = {check_provider(provider, s.session, name) for name, s in self.sessions.items()} - {None}
         self.note = "; ".join(sorted(notes)) or None  # a fallback that `auto` made, for the user to see
         self.device = DEVICES[self.sessions["decoder_step"].session.get_providers()[0]]
-        self.graphs = bundle.manifest.graphs
+        self.graphs = bundle.manifest.loop_graphs
         self.step_graph = bundle.manifest.graphs["decoder_step"]
         self.special_tokens = bundle.manifest.special_tokens
+        self.source_pad = bundle.manifest.source_framing.pad
+        self.masked_padding = bundle.manifest.masked_padding
         dec = bundle.manifest.decoder
         self.use_head = use_head  # greedy decoding reads the step graph's own argmax (export/head.py)
         self.zero_bias = {}
@@ -118,11 +120,17 @@ class Translation:
 
 @dataclass(frozen=True)
 class StreamedToken:
-    """A token decided during streaming: which source, its id, and its text piece."""
+    """A token decided during streaming: which source, its id, and the text it adds.
+
+    The pieces of a source, joined, are exactly its final text. A tokenizer whose decoder may still change
+    the last word (SentencePiece, WordPiece, byte-level BPE) releases it with a later token: a piece can be
+    empty, and the last event of a source (`done`, for </s> or the length limit) brings the rest.
+    """
 
     source: int
-    token: int
+    token: int | None  # None: the event that ends a source stopped by the length limit
     piece: str
+    done: bool = False
 
 
 class Generator:
@@ -150,10 +158,9 @@ class Generator:
             raise BundleError(f"{self.bundle.path}: invalid generation defaults in the manifest: {e}") from None
 
     def encode(self, text: str) -> list[int]:
-        """Source text -> ids (with </s>), refusing text the model cannot take."""
-        if not text.strip():
-            raise InputError("empty source text: give at least one character")
-        return self.bundle.tokenizer.encode(text)
+        """Source text -> the encoder's input ids, framed as the model was trained (the manifest's
+        source_framing: prefix + pieces + suffix); unknown pieces become the model's <unk> or are refused."""
+        return self.bundle.encode(text)
 
     def generate(self, texts: Sequence[str], options: DecodingOptions | None = None) -> list[Translation]:
         """Translate a batch of texts; results come back in input order."""
@@ -164,7 +171,11 @@ class Generator:
     def generate_ids(
         self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None
     ) -> list[list[Hypothesis]]:
-        """Decode source id lists (each ending in </s>); per source, its hypotheses best first."""
+        """Decode source id lists; per source, its hypotheses best first.
+
+        Each list is exactly what the encoder reads: framed already (what `encode(text)` returns, e.g.
+        `<bos> ... <eos>` or `... </s>` as the bundle's source_framing says), ids in 0..source_vocab_size-1.
+        """
         options = self._check(sources, options or self.options)
         return decode(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
 
@@ -177,15 +188,25 @@ class Generator:
             raise OptionsError(
                 "streaming needs greedy decoding or sampling: beam search decides tokens only at the end"
             )
+        if options.nbest > 1:
+            raise OptionsError("streaming gives one hypothesis per source: use nbest 1")
         sources = [self.encode(t) for t in texts]
         options = self._check(sources, options)
-        decoding = Decoding(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
-        counts = [0] * len(sources)
-        vocab = self.bundle.tokenizer
-        for emitted in decoding.steps():
-            for source, token in emitted:
-                yield StreamedToken(source, token, vocab.piece(token, first=counts[source] == 0))
-                counts[source] += 1
+        eos = self.bundle.manifest.special_tokens["eos"]
+        for group in batches(self.backend, sources):
+            decoding = Decoding(
+                self.backend, self.bundle.manifest.decoder, [sources[i] for i in group], options, self._banned()
+            )
+            texts_of = {i: self.bundle.tokenizer.detokenizer() for i in group}
+            for emitted in decoding.steps():
+                for row, token in emitted:
+                    source = group[row]
+                    if token == eos:
+                        yield StreamedToken(source, token, texts_of.pop(source).finish(), done=True)
+                    else:
+                        yield StreamedToken(source, token, texts_of[source].add(token))
+            for source, rest in texts_of.items():  # stopped by the length limit
+                yield StreamedToken(source, None, rest.finish(), done=True)
 
     def _translation(self, hyps: list[Hypothesis]) -> Translation:
         vocab = self.bundle.tokenizer

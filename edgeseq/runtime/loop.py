@@ -28,7 +28,9 @@ class Backend(Protocol):
 
     graphs: dict[str, GraphSpec]
     step_graph: GraphSpec
-    special_tokens: dict[str, int]
+    special_tokens: dict[str, int]  # target ids: eos, decoder_start (pad, bos where the model has them)
+    source_pad: int  # fills the padded positions of src_ids
+    masked_padding: bool  # False: the model ignores src_mask, so only equal-length sources share a batch
 
     def context(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """{src_ids, src_mask} -> every encoder and attention output, by name."""
@@ -84,7 +86,7 @@ class Decoding:
         banned: tuple[int, ...] = (),
     ) -> None:
         self.backend, self.spec, self.options = backend, spec, options
-        src_ids, src_mask = pad_batch(sources, backend.special_tokens["pad"])
+        src_ids, src_mask = pad_batch(sources, backend.source_pad)
         self.state = initial_state(backend, src_ids, src_mask, spec)
         self.strategy: Strategy = make_strategy(options, [len(s) for s in sources], backend.special_tokens, banned)
         self.axes = batch_axes(backend)
@@ -154,6 +156,17 @@ class Decoding:
         return self.strategy.finalize()
 
 
+def batches(backend: Backend, sources: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Which sources may be decoded together: all of them, or for a model that ignores src_mask (padding
+    would change its results) those of equal length; indices into `sources`, in input order."""
+    if backend.masked_padding:
+        return [list(range(len(sources)))]
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(sources):
+        groups.setdefault(len(s), []).append(i)
+    return list(groups.values())
+
+
 def decode(
     backend: Backend,
     spec: DecoderSpec,
@@ -162,7 +175,11 @@ def decode(
     banned: tuple[int, ...] = (),
 ) -> list[list[Hypothesis]]:
     """Decode a batch of source id lists; per source in input order, its hypotheses best first."""
-    decoding = Decoding(backend, spec, sources, options, banned)
-    for _ in decoding.steps():
-        pass
-    return decoding.results()
+    results: list[list[Hypothesis]] = [[] for _ in sources]
+    for group in batches(backend, sources):
+        decoding = Decoding(backend, spec, [sources[i] for i in group], options, banned)
+        for _ in decoding.steps():
+            pass
+        for i, hyps in zip(group, decoding.results()):
+            results[i] = hyps
+    return results

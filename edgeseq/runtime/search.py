@@ -50,7 +50,8 @@ class Strategy(Protocol):
         """Like `update`, with the head's choice: (rows,) tokens and their log-probabilities."""
 
     def emitted(self) -> list[tuple[int, int]]:
-        """(source, token) pairs decided for good at the last update, for streaming (empty for beams)."""
+        """(source, token) pairs decided for good at the last update, </s> included, for streaming (empty for
+        beams)."""
 
     def done(self) -> bool:
         """True when nothing is left to decode."""
@@ -173,7 +174,7 @@ class TokenByToken(_Search):
                 row.alignment.append(alignment[b, : self.lengths[row.source]].copy())
             if token != self.eos:
                 row.tokens.append(token)
-                self._emitted.append((row.source, token))
+            self._emitted.append((row.source, token))
         self.buffer[:, self.length] = chosen
         self.length += 1
         if self.eos not in tokens:

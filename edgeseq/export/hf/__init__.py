@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeseq.errors import CheckpointError
-
-FAMILIES = {"marian": "bart", "bart": "bart", "mbart": "bart", "t5": "t5", "mt5": "t5"}
+from edgeseq.export.families import hf_family, hf_model_types
+from edgeseq.export.tokenizers import TokenizerExport, TokenizerJsonFiles
 
 
 def is_hf_checkpoint(path: str | Path) -> bool:
@@ -44,11 +44,12 @@ def load_hf_checkpoint(path: str | Path) -> HFCheckpoint:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}/config.json: cannot read it ({e})") from None
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    family = hf_family(model_type)
+    if family is None:
         raise CheckpointError(
-            f"{path}: model_type {model_type!r} is not supported; supported Hugging Face "
-            f"architectures: {', '.join(sorted(FAMILIES))}"
+            f"{path}: model_type {str(model_type)[:40]!r} is not supported; supported Hugging Face "
+            f"architectures: {', '.join(hf_model_types())}"
         )
     try:
         import transformers
@@ -56,16 +57,13 @@ def load_hf_checkpoint(path: str | Path) -> HFCheckpoint:
         raise CheckpointError(
             "exporting Hugging Face checkpoints needs transformers: pip install 'edgeseq[hf]'"
         ) from None
-    from edgeseq.export.hf.bart import HFBartLike
-    from edgeseq.export.hf.t5 import HFT5
-
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     try:
         hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(path), local_files_only=True).eval()
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: transformers cannot load it ({str(e).splitlines()[0]})") from None
-    model = HFT5(hf) if FAMILIES[model_type] == "t5" else HFBartLike(hf)
+    model = family.from_hf(hf)
     generation, banned = generation_defaults(hf.generation_config, model.cfg)
     from transformers import AutoTokenizer
 
@@ -115,27 +113,12 @@ def generation_defaults(gc, dims) -> tuple[dict[str, Any], tuple[int, ...]]:
     return out, banned
 
 
-class _SharedVocabulary:
-    """Source and target share one vocabulary of `size` tokens."""
+class SentencePieceExport(TokenizerExport):
+    """Marian's tokenizer files, copied as they are; sources are its pieces, then </s>."""
 
-    size: int
-
-    @property
-    def source_size(self) -> int:
-        return self.size
-
-    @property
-    def target_size(self) -> int:
-        return self.size
-
-
-@dataclass
-class SentencePieceExport(_SharedVocabulary):
-    """Marian's tokenizer files, copied as they are."""
-
-    folder: Path
-    size: int
-    unk_id: int | None
+    def __init__(self, folder: Path, vocab: dict[str, int]) -> None:
+        self.folder, self.vocab = folder, vocab
+        self.source_size = self.target_size = len(vocab)
 
     def write(self, bundle: Path) -> dict[str, Any]:
         for name in ("source.spm", "target.spm", "vocab.json"):
@@ -150,28 +133,20 @@ class SentencePieceExport(_SharedVocabulary):
             "pad": "<pad>",
         }
 
+    def implied_framing(self) -> tuple[list[int], list[int]]:
+        return [], [self.vocab["</s>"]]
 
-@dataclass
-class TokenizerJsonExport(_SharedVocabulary):
-    """A fast tokenizer's tokenizer.json (BART, mBART, T5)."""
-
-    backend: Any
-    size: int
-    unk_id: int | None
-
-    def write(self, bundle: Path) -> dict[str, Any]:
-        self.backend.save(str(bundle / "tokenizer.json"))
-        return {"type": "tokenizers", "file": "tokenizer.json", "size": self.size}
+    def source_id(self, token: str) -> int | None:
+        return self.vocab.get(token)
 
 
-def tokenizer_export(path: Path, model_type: str, tok):
+def tokenizer_export(path: Path, model_type: str, tok) -> TokenizerExport:
     if model_type == "marian":
         missing = [n for n in ("source.spm", "target.spm", "vocab.json") if not (path / n).is_file()]
         if missing:
             raise CheckpointError(f"{path}: a Marian folder needs {', '.join(missing)}")
         vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-        return SentencePieceExport(path, len(vocab), vocab.get("<unk>"))
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
+        return SentencePieceExport(path, vocab)
+    if getattr(tok, "backend_tokenizer", None) is None:
         raise CheckpointError(f"{path}: its tokenizer has no tokenizer.json (fast) form; edgeseq needs one")
-    return TokenizerJsonExport(backend, len(tok), tok.unk_token_id)
+    return TokenizerJsonFiles(tok)

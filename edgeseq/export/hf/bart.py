@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgeseq.export.families import Family, register
+
 PRE_NORM = {"mbart"}
 
 
@@ -160,3 +162,21 @@ class HFBartLike(nn.Module):
         if final is not None:
             x = final(x)
         return output_logits(self.hf.lm_head, x[:, 0], getattr(self.hf, "final_logits_bias", None)), new
+
+
+def _adapter(model: nn.Module):
+    from edgeseq.export.transformer import TransformerAdapter
+
+    return TransformerAdapter(model, family=model.model_type)
+
+
+register(
+    Family(
+        "hf-bart",
+        matches=lambda m: isinstance(m, HFBartLike),
+        adapter=_adapter,
+        describe="a local Hugging Face Marian, BART or mBART folder",
+        hf_model_types=("marian", "bart", "mbart"),
+        from_hf=HFBartLike,
+    )
+)

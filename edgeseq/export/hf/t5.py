@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeseq.export.hf.bart import CacheDims, attend, output_logits, split_heads
+from edgeseq.export.families import Family, register
+from edgeseq.export.hf.bart import CacheDims, _adapter, attend, output_logits, split_heads
 
 
 class HFT5(nn.Module):
@@ -109,3 +110,15 @@ class HFT5(nn.Module):
         if self.scale_output:
             x = x * self.d_model**-0.5
         return output_logits(self.hf.lm_head, x), new
+
+
+register(
+    Family(
+        "hf-t5",
+        matches=lambda m: isinstance(m, HFT5),
+        adapter=_adapter,
+        describe="a local Hugging Face T5 or mT5 folder",
+        hf_model_types=("t5", "mt5"),
+        from_hf=HFT5,
+    )
+)
