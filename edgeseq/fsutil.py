@@ -184,9 +184,7 @@ def _lock(path: Path, target: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise TargetError(
-                f"{target} is being written by another edgeseq process; try again when it ends"
-            ) from None
+            raise TargetError(f"{target} is being written by another edgeseq process; try again when it ends") from None
         try:  # the holder before us may have removed the file as we opened it: lock the file that is there
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd

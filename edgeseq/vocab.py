@@ -126,14 +126,13 @@ class Vocab:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> text, stopping at the end token and skipping padding and start tokens."""
+        """Ids -> text, up to the end token. Every other token the model generated is shown, special ones
+        included (a <pad> or <s> in an output is what the model said, as its author's decode shows it)."""
         pieces = []
         for i in ids:
             i = int(i)
             if i == self.eos_id:
                 break
-            if i in (self.pad_id, self.bos_id):
-                continue
             if not 0 <= i < len(self.tokens):
                 raise InputError(f"token id {i} is out of range for a vocabulary of {len(self.tokens)}")
             pieces.append(self.tokens[i])
@@ -141,7 +140,7 @@ class Vocab:
 
     def piece(self, token_id: int, first: bool) -> str:
         """The text one token adds when streaming (a word after the first brings its leading space)."""
-        if token_id in (self.pad_id, self.bos_id, self.eos_id):
+        if token_id == self.eos_id:
             return ""
         if not 0 <= token_id < len(self.tokens):
             raise InputError(f"token id {token_id} is out of range for a vocabulary of {len(self.tokens)}")

@@ -3,8 +3,9 @@ exported with a KV cache and run with the edgeseq runtime.
 
     .venv/bin/python examples/nn_transformer.py [OUT_DIR]
 
-The model here has random weights; put your trained one in its place. Nothing in the model is changed:
-edgeseq only needs its parts named.
+The model here has random weights; put your trained one in its place. Nothing in the model is changed, and
+its ids stay as the tutorial made them (<unk>, <pad>, <bos>, <eos> = 0, 1, 2, 3; sources framed <bos> ... <eos>):
+edgeseq only needs the parts named, the vocabulary in the model's own id order, and the framing.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeseq.export import export_model
-from edgeseq.export.torch_transformer import TorchTransformerParts, from_torch_transformer
+from edgeseq.export import Framing, export_model
+from edgeseq.export.torch_transformer import TorchTransformerParts
 from edgeseq.runtime import Generator
 from edgeseq.vocab import Vocab
 
-PAD_IDX, BOS_IDX, EOS_IDX = 0, 1, 2  # edgeseq vocabularies start with <pad>, <s>, </s>, <unk>
+UNK_IDX, PAD_IDX, BOS_IDX, EOS_IDX = 0, 1, 2, 3  # the tutorial's own ids
+SPECIALS = ["<unk>", "<pad>", "<bos>", "<eos>"]
 
 
 class PositionalEncoding(nn.Module):
@@ -86,8 +88,10 @@ class Seq2SeqTransformer(nn.Module):
 
 
 def main(out: Path) -> None:
-    src_vocab = Vocab.build(["the quick brown fox jumps over the lazy dog"], level="word")
-    tgt_vocab = Vocab.build(["der schnelle braune fuchs springt über den faulen hund"], level="word")
+    # the model's vocabularies in its own id order (torchtext's vocab.get_itos() in the tutorial)
+    roles = {"unk": "<unk>", "pad": "<pad>", "bos": "<bos>", "eos": "<eos>"}
+    src_vocab = Vocab(SPECIALS + "the quick brown fox jumps over lazy dog".split(), "word", roles)
+    tgt_vocab = Vocab(SPECIALS + "der schnelle braune fuchs springt über den faulen hund".split(), "word", roles)
     torch.manual_seed(0)
     user_model = Seq2SeqTransformer(3, 3, 256, 8, len(src_vocab), len(tgt_vocab)).eval()
 
@@ -102,7 +106,9 @@ def main(out: Path) -> None:
         bos_id=BOS_IDX,
         eos_id=EOS_IDX,
     )
-    bundle, report = export_model(from_torch_transformer(parts), out, source_vocab=src_vocab, target_vocab=tgt_vocab)
+    bundle, report = export_model(
+        parts, out, source_vocab=src_vocab, target_vocab=tgt_vocab, framing=Framing(["<bos>"], ["<eos>"])
+    )
     print(report.table())
     gen = Generator(bundle)
     for result in gen.generate(["the quick brown fox", "the lazy dog jumps"]):

@@ -160,7 +160,9 @@ def make_bart(folder: Path, model_type: str = "bart", seed: int = 0) -> Path:
     return folder
 
 
-def make_t5(folder: Path, model_type: str = "t5", seed: int = 0) -> Path:
+def make_t5(folder: Path, model_type: str = "t5", seed: int = 0, v11: bool = False) -> Path:
+    """A T5 (or mT5); `v11`: T5 v1.1-style, gated-GELU feed-forward, untied LM head, initializer factor 3
+    (the model's own initialization: logits in the hundreds)."""
     import sentencepiece as spm
     from transformers import (
         GenerationConfig,
@@ -202,13 +204,15 @@ def make_t5(folder: Path, model_type: str = "t5", seed: int = 0) -> Path:
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
+        **({"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "initializer_factor": 3.0} if v11 else {}),
     )
     torch.manual_seed(seed)
     model = model_cls(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.5)
+    if not v11:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0.0, 0.5)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, num_beams=4, max_length=24
     )

@@ -24,7 +24,7 @@ TEXTS = [
     "seven green apples fell",
     "she reads",
 ]
-FAMILIES = ["marian", "bart", "mbart", "t5", "mt5"]
+FAMILIES = ["marian", "bart", "mbart", "t5", "mt5", "t5v11"]  # t5v11: gated-GELU, untied head, logits ~100s
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def exported(tmp_path_factory):
         root = tmp_path_factory.mktemp(family)
         if family == "marian":
             folder = make_marian(root / "hf")
-        elif family in ("t5", "mt5"):
-            folder = make_t5(root / "hf", family)
+        elif family in ("t5", "mt5", "t5v11"):
+            folder = make_t5(root / "hf", "t5" if family == "t5v11" else family, v11=family == "t5v11")
         else:
             folder = make_bart(root / "hf", family)
         ckpt = load_hf_checkpoint(folder)
@@ -72,10 +72,10 @@ def hf_generate(hf, tok, texts, beams, max_new_tokens):
 def test_graphs_match_pytorch(exported, family):
     _, bundle, report, _, _ = exported[family]
     assert report.ok, report.table()
-    assert all(c.max_abs < 1e-4 for c in report.outputs)
+    assert all(c.max_rel < 1e-4 for c in report.outputs)  # relative to each output's scale (T5 v1.1: logits ~100s)
     manifest = json.loads((bundle / "edgeseq.json").read_text())
-    assert manifest["family"] == family and manifest["generation"]["beam_size"] == 4
-    assert manifest["generation"].get("forced_eos", False) is (family not in ("t5", "mt5"))
+    assert manifest["family"] == family.replace("t5v11", "t5") and manifest["generation"]["beam_size"] == 4
+    assert manifest["generation"].get("forced_eos", False) is (family not in ("t5", "mt5", "t5v11"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

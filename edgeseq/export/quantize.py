@@ -2,7 +2,8 @@
 
 Modes, per graph:
 - fp32: unchanged;
-- dynamic-int8: int8 weights, activations quantized at run time (MatMul/Gemm, embeddings, LSTM);
+- dynamic-int8: int8 weights, activations quantized at run time (MatMul/Gemm, embeddings, LSTM; GRUs are
+  first rewritten as MatMuls and a Scan, export/gru.py, since ONNX Runtime has no int8 GRU);
 - static-int8: calibrated QDQ int8, activation ranges from running the real decoding loop on calibration
   sentences (every graph, the decoder step included);
 - fp16: fp16 weights and arithmetic, inputs and outputs kept fp32 (the runtime API does not change).
@@ -23,6 +24,7 @@ import onnx
 
 from edgeseq.bundle import Manifest, file_sha256
 from edgeseq.errors import OptionsError
+from edgeseq.export.gru import unfold_grus
 from edgeseq.export.trace import set_declared_types
 from edgeseq.export.weights import WEIGHTS_FILE, share_weights, split_projections
 from edgeseq.fsutil import building, check_target
@@ -135,12 +137,13 @@ def _quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: 
     )
 
     if mode == "dynamic-int8":
+        unfold_grus(model)  # ONNX Runtime has no int8 GRU: its weights become MatMuls that quantize
         quantize_dynamic(
             model,
             str(path),
             op_types_to_quantize=DYNAMIC_OPS,
             weight_type=QuantType.QInt8,
-            extra_options={"MatMulConstBOnly": True},
+            extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True},
         )
     elif mode == "static-int8":
 

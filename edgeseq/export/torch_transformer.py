@@ -101,6 +101,7 @@ def from_torch_transformer(parts: TorchTransformerParts) -> TransformerSeq2Seq:
         eos_id=parts.eos_id,
     )
     model = TransformerSeq2Seq(cfg)
+    model.edgeseq_framing = False  # the user's model: its source framing is the user's to declare
     with torch.no_grad():
         for ours, theirs in zip([*model.encoder_layers, *model.decoder_layers], layers):
             _load_layer(ours, theirs)
@@ -131,9 +132,7 @@ def _load_layer(ours: nn.Module, theirs: nn.Module) -> None:
 def _adapter(parts: TorchTransformerParts):
     from edgeseq.export.transformer import TransformerAdapter
 
-    adapter = TransformerAdapter(from_torch_transformer(parts))
-    adapter.implied_framing = None  # the user's model: its framing must be declared
-    return adapter
+    return TransformerAdapter(from_torch_transformer(parts))
 
 
 register(

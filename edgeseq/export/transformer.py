@@ -35,7 +35,7 @@ class TransformerAdapter(Seq2SeqAdapter):
         self.max_target_length = cfg.max_positions
         self.layers = range(cfg.decoder_layers)
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.d_model // cfg.heads
-        if family == "transformer":  # edgeseq's own model, trained on Vocab.encode sources: pieces, then </s>
+        if getattr(model, "edgeseq_framing", False):  # trained by edgeseq on Vocab.encode sources: pieces, </s>
             self.implied_framing = ((), (cfg.eos_id,))
 
     def special_tokens(self) -> dict[str, int]:

@@ -201,6 +201,8 @@ class TransformerSeq2Seq(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
+        # trained by edgeseq's trainers on Vocab.encode sources (pieces, then </s>); False for a converted model
+        self.edgeseq_framing = True
         self.cfg = cfg
         d = cfg.d_model
         self.src_emb = nn.Embedding(cfg.src_vocab_size, d, padding_idx=cfg.pad_id)
