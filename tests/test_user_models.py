@@ -247,3 +247,48 @@ def test_translate_that_returns_the_wrong_thing_is_named(exported, tmp_path):
         r = edgeseq("validate", bundle, "--reference", f"{tmp_path}/u.py:{fn}", "--no-record")
         assert r.returncode in (1, 2) and message in r.stderr and f"u.py:{fn}" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def words(count: int, seed: int = 0) -> list[str]:
+    """English-looking words (and a few with capitals and digits, which g2p maps to <unk>)."""
+    rng = np.random.default_rng(seed)
+    onsets, vowels, codas = (
+        ["b", "st", "tr", "ch", "p", "gr", "sh", "m", "th", "wr", ""],
+        list("aeiou"),
+        ["", "n", "ck", "ng", "s", "ll", "rt"],
+    )
+    out = []
+    for i in range(count):
+        word = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(rng.integers(1, 4)))
+        out.append(word.capitalize() + "7" if i % 25 == 0 else word)
+    return out
+
+
+def test_a_trained_model_from_a_package(tmp_path):
+    """g2p_en's trained GRU encoder-decoder (weights from the package), ported to PyTorch as a user would: the
+    bundle's phonemes equal the package's own numpy decode on 250 words, unknown characters mapped to <unk>."""
+    from tests.tutorials.g2p import checkpoint
+
+    if checkpoint() is None:
+        pytest.skip("g2p_en is not installed (.ci/run installs it: pip install --no-deps g2p_en)")
+    shutil.copy(TUTORIALS / "export_g2p.py", tmp_path / "export_g2p.py")
+    data = words(250)
+    (tmp_path / "words.txt").write_text("\n".join(data) + "\n")
+    ref = f"{tmp_path}/export_g2p.py:edgeseq_model"
+    r = edgeseq("export", ref, "--out", tmp_path / "b", "--data", tmp_path / "words.txt")
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+    assert "250/250 (100.0%) identical" in r.stdout, r.stdout
+    assert "decodes only sources of equal length together" in r.stdout  # its encoder runs over padding
+    spec = call_user_function(ref)
+    expected = spec.translate(data)
+    gen = Generator(tmp_path / "b")
+    assert [t.text for t in gen.generate(data)] == expected
+    assert len(set(expected)) > 200 and any(e.startswith("HH") for e in expected)
+    assert gen.encode("Ab7") == [1, 4, 1, 2]  # capitals and digits: <unk>, as g2p_en does
+    loaded = prepare(spec, ref)
+    m = gen.bundle.manifest
+    reference = TorchBackend(loaded.adapter, masked_padding=m.masked_padding)
+    options = DecodingOptions(max_new_tokens=20, beam_size=4)
+    sources = [gen.encode(w) for w in data[:30]]
+    for a, b in zip(gen.generate_ids(sources, options), decode(reference, m.decoder, sources, options)):
+        assert a[0].tokens == b[0].tokens and abs(a[0].score - b[0].score) < 1e-4
