@@ -12,6 +12,7 @@ A vocabulary keeps the model's own ids: its tokens in id order, and which of the
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 ROLES = ("pad", "bos", "eos", "unk")  # the special roles a token can play
 LEVELS = ("char", "word")
+# What a source text goes through before it is split, in this order, as the model's pipeline did it.
+NORMALIZERS = ("nfkc", "strip_accents", "lower")
 MAX_TOKEN_CHARS = 1024
 
 
@@ -37,12 +40,17 @@ class Vocab:
     tokens: tuple[str, ...]
     level: str = "char"  # "char": one token per character; "word": whitespace-separated words
     specials: Mapping[str, int | str] | None = field(default=None, compare=True)
+    normalize: tuple[str, ...] = ()  # applied to text before splitting: "nfkc", "strip_accents", "lower"
 
     def __post_init__(self) -> None:
         tokens = tuple(self.tokens)
         object.__setattr__(self, "tokens", tokens)
         if self.level not in LEVELS:
             raise BundleError(f"vocabulary level {self.level!r} is not one of {', '.join(LEVELS)}")
+        normalize = tuple(self.normalize)
+        if not all(n in NORMALIZERS for n in normalize):
+            raise BundleError(f"vocabulary normalize {list(normalize)} may use only {', '.join(NORMALIZERS)}")
+        object.__setattr__(self, "normalize", tuple(n for n in NORMALIZERS if n in normalize))
         if not all(isinstance(t, str) and t and len(t) <= MAX_TOKEN_CHARS for t in tokens):
             raise BundleError(f"every vocabulary token must be a non-empty string of at most {MAX_TOKEN_CHARS} chars")
         if len(set(tokens)) != len(tokens):
@@ -104,7 +112,7 @@ class Vocab:
         is an InputError when `unknown` is None."""
         out = []
         index = self._index  # type: ignore[attr-defined]
-        for piece in split(text, self.level):
+        for piece in split(normalized(text, self.normalize), self.level):
             i = index.get(piece)
             if i is None:
                 if unknown is None:
@@ -147,7 +155,8 @@ class Vocab:
         return self.tokens[token_id] if self.level == "char" or first else " " + self.tokens[token_id]
 
     def to_json(self) -> dict:
-        return {"level": self.level, "tokens": list(self.tokens), "specials": dict(self.specials or {})}
+        data = {"level": self.level, "tokens": list(self.tokens), "specials": dict(self.specials or {})}
+        return {**data, "normalize": list(self.normalize)} if self.normalize else data
 
     @classmethod
     def from_json(cls, data: object, where: str = "vocabulary") -> Vocab:
@@ -159,8 +168,13 @@ class Vocab:
         if specials is not None and not isinstance(specials, dict):
             raise BundleError(f"{where}: 'specials' must map roles ({', '.join(ROLES)}) to token ids")
         level = data.get("level", "char")
+        normalize = data.get("normalize", [])
+        if not isinstance(normalize, list):
+            raise BundleError(f"{where}: 'normalize' must be a list of {', '.join(NORMALIZERS)}")
         try:
-            return cls(tuple(data["tokens"]), level if isinstance(level, str) else repr(level), specials)
+            return cls(
+                tuple(data["tokens"]), level if isinstance(level, str) else repr(level), specials, tuple(normalize)
+            )
         except BundleError as e:
             raise BundleError(f"{where}: {e}") from None
 
@@ -198,6 +212,17 @@ def _special_ids(specials: Mapping, index: dict[str, int], size: int) -> dict[st
     if problems:
         raise BundleError("vocabulary specials: " + "; ".join(problems))
     return ids
+
+
+def normalized(text: str, steps: tuple[str, ...]) -> str:
+    """`text` after the normalization steps, in NORMALIZERS order."""
+    if "nfkc" in steps:
+        text = unicodedata.normalize("NFKC", text)
+    if "strip_accents" in steps:
+        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    if "lower" in steps:
+        text = text.lower()
+    return text
 
 
 def split(text: str, level: str) -> list[str]:

@@ -292,3 +292,28 @@ def test_a_trained_model_from_a_package(tmp_path):
     sources = [gen.encode(w) for w in data[:30]]
     for a, b in zip(gen.generate_ids(sources, options), decode(reference, m.decoder, sources, options)):
         assert a[0].tokens == b[0].tokens and abs(a[0].score - b[0].score) < 1e-4
+
+
+def test_text_normalization_is_declared_or_named(exported, tmp_path):
+    """A pipeline that lowercases sources: undeclared, the text level names it; declared, the bundle does it too."""
+    folder, _, held_out = exported["rnn_attention"]
+    (tmp_path / "caps.txt").write_text("\n".join(s.capitalize() for s in held_out[:60]) + "\n")
+    r = edgeseq(
+        "export",
+        f"{folder}/export_rnn_attention.py:lowercasing_pipeline",
+        "--out",
+        tmp_path / "a",
+        "--data",
+        tmp_path / "caps.txt",
+    )
+    assert r.returncode == 1 and "likely cause: text normalization: with lower applied" in r.stderr, r.stderr
+    r = edgeseq(
+        "export",
+        f"{folder}/export_rnn_attention.py:lowercasing_declared",
+        "--out",
+        tmp_path / "b",
+        "--data",
+        tmp_path / "caps.txt",
+    )
+    assert r.returncode == 0 and "60/60 (100.0%) identical" in r.stdout, r.stdout + r.stderr
+    assert Generator(tmp_path / "b").generate(["LE CHAT NOIR VOIT UN CHIEN"])[0].text == "the black cat sees a dog"

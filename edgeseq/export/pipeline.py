@@ -26,7 +26,7 @@ from torch import nn
 
 import edgeseq
 from edgeseq.bundle import DecoderSpec, GraphSpec, Manifest, SourceFraming, file_sha256, wiring_problems
-from edgeseq.errors import OptionsError, ParityError
+from edgeseq.errors import InputError, OptionsError, ParityError
 from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
 from edgeseq.export.families import family_of
 from edgeseq.export.graphs import padding_is_masked, write_graphs
@@ -270,8 +270,8 @@ def run_checks(plan: Plan, folder: Path, decoder: DecoderSpec, checks: Checks, p
     options = plan.options
     if checks.sources is not None:
         sources = list(checks.sources)
-    elif checks.texts:
-        sources = [bundle.encode(t) for t in checks.texts]
+    elif checks.texts and encodable(bundle, checks.texts):
+        sources = encodable(bundle, checks.texts)  # the others are the text level's to report
     else:
         special = tuple(plan.adapter.special_tokens().values())
         sources = sample_sources(plan.adapter.source_vocab_size, seed=0, framing=plan.framing, special=special)
@@ -290,6 +290,17 @@ def run_checks(plan: Plan, folder: Path, decoder: DecoderSpec, checks: Checks, p
             bundle, texts, expected, options.thresholds.min_text_match, checks.reference_name, decoding
         )
     return report
+
+
+def encodable(bundle, texts: Sequence[str]) -> list[list[int]]:
+    """The sources among `texts` the bundle takes, encoded (a text it refuses is reported by the text level)."""
+    out = []
+    for text in texts:
+        try:
+            out.append(bundle.encode(text))
+        except InputError:
+            continue
+    return out
 
 
 # -- the pipeline ----------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ Texts are compared with runs of whitespace made one space and the ends trimmed (
 "the cat"); any other difference counts. Levels 1-3 compare ids with ids, so they cannot see a vocabulary,
 a framing or special ids that differ from the ones the model was trained with; this level can. When
 outputs differ it looks for the likely cause by trying what users get wrong (the source's start and end
-tokens, the decoder's end and start ids, unknown words, the length limit) and saying which change makes
-the outputs agree.
+tokens, the decoder's end and start ids, lowercasing and accents, unknown words, the length limit) and
+saying which change makes the outputs agree.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from edgeseq.export.parity import count
 from edgeseq.runtime.bundle import Bundle
 from edgeseq.runtime.generator import Generator
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.vocab import normalized
 
 DIAGNOSE = 4  # differing sources tried per candidate cause
 
@@ -113,14 +114,9 @@ def diagnose(
     gen: Generator, texts: Sequence[str], expected: Sequence[str], options: DecodingOptions, refused: dict
 ) -> str | None:
     """The first candidate change that makes the bundle's outputs equal the expected ones, described."""
-    if refused:
-        return f"the bundle refuses sources the reference took: {next(iter(refused.values()))}"
     bundle, m = gen.bundle, gen.bundle.manifest
     texts, expected = list(texts[:DIAGNOSE]), list(expected[:DIAGNOSE])
     tok, framing = bundle.tokenizer, m.source_framing
-    pieces = [tok.encode(t) for t in texts]
-    if framing.unk is not None and any(framing.unk in p for p in pieces):
-        return "unknown words: the differing sources contain pieces the vocabulary lacks (mapped to <unk>)"
 
     def outputs(sources, special=None) -> list[str]:
         saved = gen.backend.special_tokens
@@ -131,6 +127,25 @@ def diagnose(
             gen.backend.special_tokens = saved
         return [same_text(tok.decode(h[0].tokens)) for h in hyps]
 
+    vocab = bundle.source_vocab
+    if vocab is not None:
+        for steps in (("lower",), ("strip_accents", "lower"), ("nfkc",)):
+            if set(steps) <= set(vocab.normalize):
+                continue
+            try:
+                redone = [framing.frame(tok.encode(normalized(t, steps))) for t in texts]
+            except EdgeseqError:
+                continue
+            if outputs(redone) == expected:
+                return (
+                    f"text normalization: with {' and '.join(steps)} applied to the sources the outputs match "
+                    f"(declare it: Vocab(..., normalize={steps!r}))"
+                )
+    if refused:
+        return f"the bundle refuses sources the reference took: {next(iter(refused.values()))}"
+    pieces = [tok.encode(t) for t in texts]
+    if framing.unk is not None and any(framing.unk in p for p in pieces):
+        return "unknown words: the differing sources contain pieces the vocabulary lacks (mapped to <unk>)"
     current = outputs([framing.frame(p) for p in pieces])
     limited = [len(h) >= options.max_new_tokens for h in _token_counts(gen, pieces, framing, options)]
     if all(lim and e.startswith(c) and len(e) > len(c) for lim, c, e in zip(limited, current, expected)):

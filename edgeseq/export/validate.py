@@ -15,7 +15,7 @@ from edgeseq.export.checkpoint import load_checkpoint
 from edgeseq.export.head import without_head
 from edgeseq.export.hf import is_hf_checkpoint
 from edgeseq.export.parity import PRECISION_THRESHOLDS, ParityReport, Thresholds, check_parity, sample_sources
-from edgeseq.export.pipeline import adapter_for, resolve_framing
+from edgeseq.export.pipeline import adapter_for, encodable, resolve_framing
 from edgeseq.export.text_check import check_text, random_texts, reference_outputs
 from edgeseq.export.user import Loaded, call_user_function, prepare
 from edgeseq.fsutil import WriteError, describe_os_error
@@ -145,7 +145,9 @@ def validate_bundle(
     thresholds = thresholds or PRECISION_THRESHOLDS[precision_of(m)]
     if not texts and loaded is not None and loaded.spec.sources:
         texts = list(loaded.spec.sources)
-    if texts:
+    if texts and (expected is not None or loaded is not None) and encodable(bundle, texts):
+        sources = encodable(bundle, texts)  # with a text level, texts the bundle refuses are reported there
+    elif texts:
         sources = [bundle.encode(t) for t in texts]
     else:
         special = tuple(m.special_tokens.values())

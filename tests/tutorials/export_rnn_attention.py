@@ -52,3 +52,16 @@ def misdeclared_ids():  # SOS and EOS swapped
     index2word = spec["target_tokenizer"].tokens
     spec["target_tokenizer"] = Vocab(index2word, "word", {"bos": "EOS", "eos": "SOS"})
     return spec
+
+
+def lowercasing_pipeline():  # the user's pipeline lowercases (the tutorial's normalizeString), the bundle does not
+    spec = edgeseq_model()
+    translate_lower = spec["translate"]
+    return {**spec, "translate": lambda texts: translate_lower([t.lower() for t in texts])}
+
+
+def lowercasing_declared():  # ... declared: the bundle lowercases sources too
+    spec = lowercasing_pipeline()
+    source = spec["source_tokenizer"]
+    spec["source_tokenizer"] = Vocab(source.tokens, source.level, source.specials, normalize=("lower",))
+    return spec
