@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from edgeseq.errors import EdgeseqError
 
@@ -112,10 +111,20 @@ def decoding_flags(f):
 @cli.command()
 @click.argument("bundle")
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_file", help="Read sources from this file, one per line.")
+@click.option("--input", "input_file", help="Read sources from this file, one per line ('-': standard input).")
+@click.option("--output", help="Write the translations to this file, whole when done (default, or '-': stdout).")
 @decoding_flags
+@click.option("--batch-tokens", type=int, help="Decoder tokens per batch (sources x beams x longest source; 6144).")
+@click.option(
+    "--on-error",
+    type=click.Choice(["stop", "skip"]),
+    default="stop",
+    show_default=True,
+    help="A line the model cannot take: stop with an error naming it, or skip it (empty output line).",
+)
+@click.option("--progress/--no-progress", default=None, help="Lines and lines/s on stderr (default: on a terminal).")
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--threads", type=int, help="Intra-op threads (default: onnxruntime's choice).")
+@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads (default: onnxruntime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list with one object per source.")
 @click.option("--stream", is_flag=True, help="Print tokens as they are decided (with --json: one event per line).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files (very large bundles).")
@@ -123,6 +132,10 @@ def generate(
     bundle: str,
     texts: tuple[str, ...],
     input_file: str | None,
+    output: str | None,
+    batch_tokens: int | None,
+    on_error: str,
+    progress: bool | None,
     provider: str,
     threads: int | None,
     as_json: bool,
@@ -130,55 +143,91 @@ def generate(
     no_verify: bool,
     **flags,
 ) -> None:
-    """Translate TEXTS (or --input FILE) with BUNDLE; one output line per source."""
+    """Translate TEXTS (or --input FILE, '-' for stdin) with BUNDLE: one output line per source, in input
+    order, written as batches finish. Memory does not grow with the input: lines are read a window at a time,
+    sorted by length and decoded in batches of at most --batch-tokens decoder tokens."""
+    from edgeseq.cli_output import Output, Progress, write_results
     from edgeseq.runtime import Generator, load_bundle
+    from edgeseq.runtime.lines import Batching
 
     if input_file and texts:
         raise EdgeseqError("give sources either as arguments or with --input, not both")
-    if input_file:
-        from edgeseq.runtime.sources import read_sources
-
-        sources = read_sources(input_file)
-    else:
-        sources = list(texts)
-    if not sources:
-        raise EdgeseqError("no sources: pass text arguments or --input FILE")
+    if texts == ("-",):
+        input_file = "-"
+    if not input_file and not texts:
+        raise EdgeseqError("no sources: pass text arguments or --input FILE ('-' for standard input)")
+    if (
+        output
+        and output != "-"
+        and input_file
+        and input_file != "-"
+        and Path(output).resolve() == Path(input_file).resolve()
+    ):
+        raise EdgeseqError(f"--output {output} is the input file: write the translations somewhere else")
+    batching = Batching(on_error=on_error, **({"max_tokens": batch_tokens} if batch_tokens is not None else {}))
     gen = Generator(load_bundle(bundle, verify_checksums=not no_verify), provider=provider, threads=threads)
     if gen.backend.note:
-        click.echo(f"edgeseq: {gen.backend.note}", err=True)
+        _note(gen.backend.note)
     options = gen.options.replace(**{k: v for k, v in flags.items() if v is not None})
-    if stream:
-        _stream(gen, sources, options, as_json)
+    lines = texts if not input_file else _input_lines(input_file)
+    out = Output(output)
+    try:
+        if stream:
+            _stream(gen, lines, options, as_json, out)
+        else:
+            shown = progress if progress is not None else sys.stderr.isatty() and bool(input_file)
+            meter = Progress(shown)
+            skipped = write_results(gen.translate_lines(lines, options, batching), out, as_json, meter, _note)
+            meter.done()
+            if skipped:
+                _note(f"{skipped} line(s) skipped (--on-error skip)")
+        out.finish()
+    except BaseException:
+        out.abort()
+        raise
+
+
+def _input_lines(path: str):
+    """The lines of --input FILE (or stdin for '-'), read lazily; unreadable files are one-line errors."""
+    from edgeseq.runtime.lines import read_lines
+
+    if path == "-":
+        yield from read_lines(sys.stdin.buffer, "stdin")
         return
-    results = gen.generate(sources, options)
-    if as_json:
-        out = [{"source": s, "hypotheses": [_hypothesis_json(h) for h in r.nbest]} for s, r in zip(sources, results)]
-        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
-    else:
-        for r in results:
-            click.echo(r.text if len(r.nbest) == 1 else "\t".join(h.text for h in r.nbest))
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        from edgeseq.fsutil import describe_os_error
+
+        raise EdgeseqError(f"cannot read --input {describe_os_error(e, path)}") from None
+    with f:
+        try:
+            yield from read_lines(f, path)
+        except OSError as e:  # e.g. a directory, EISDIR on read
+            from edgeseq.fsutil import describe_os_error
+
+            raise EdgeseqError(f"cannot read --input {describe_os_error(e, path)}") from None
 
 
-def _hypothesis_json(h) -> dict:
-    d = {"text": h.text, "tokens": list(h.tokens), "score": h.score}
-    if h.alignment is not None:
-        d["alignment"] = np.round(h.alignment, 5).tolist()
-    return d
-
-
-def _stream(gen, sources: list[str], options, as_json: bool) -> None:
+def _stream(gen, lines, options, as_json: bool, out) -> None:
     """One source after another, each token printed (and flushed) as soon as it is decided."""
-    for i, text in enumerate(sources):
+    from edgeseq.cli_output import escape_controls
+
+    for i, text in enumerate(lines):
         pieces = []
         for event in gen.stream([text], options):
             pieces.append(event.piece)
             if as_json:
-                click.echo(json.dumps({"source": i, "token": event.token, "piece": event.piece}, ensure_ascii=False))
+                out.write(
+                    json.dumps({"source": i, "token": event.token, "piece": event.piece}, ensure_ascii=False) + "\n"
+                )
             else:
-                click.echo(event.piece, nl=False)
-            sys.stdout.flush()
-        click.echo(
-            json.dumps({"source": i, "done": True, "text": "".join(pieces)}, ensure_ascii=False) if as_json else ""
+                out.write(escape_controls(event.piece))
+            out.flush()
+        out.write(
+            json.dumps({"source": i, "done": True, "text": "".join(pieces)}, ensure_ascii=False) + "\n"
+            if as_json
+            else "\n"
         )
 
 
@@ -288,7 +337,9 @@ def _write_text(path: str, text: str) -> None:
 @click.option("--recipe", "recipe_file", help='JSON file: {"encoder": MODE, "attention": MODE, "decoder_step": MODE}.')
 @click.option("--calibration", help="Source sentences (one per line) for static-int8 calibration.")
 @click.option("--auto", is_flag=True, help="Try recipes; keep the smallest within --budget.")
-@click.option("--budget", default=0.5, show_default=True, help="--auto: allowed exact-match drop in points.")
+@click.option(
+    "--budget", default=0.5, show_default=True, type=click.FloatRange(0, 100), help="--auto: allowed exact-match drop."
+)
 @click.option("--data", help="--auto: sources (optionally source<TAB>reference) to measure quality on.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 def quantize(
@@ -369,11 +420,17 @@ def info(bundle: str) -> None:
 @cli.command()
 @click.argument("bundle")
 @click.option("--reference", help="The PyTorch checkpoint of the bundle, to run PyTorch eager side by side.")
-@click.option("--batch", default=1, show_default=True, help="Sources decoded together.")
-@click.option("--source-len", default=24, show_default=True, help="Tokens per (random) source, </s> included.")
-@click.option("--new-tokens", default=64, show_default=True, help="Tokens generated per source (exactly).")
-@click.option("--threads", default=2, show_default=True, help="Threads for every engine.")
-@click.option("--repeats", default=3, show_default=True, help="Timed runs per engine (the median is reported).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 4096), help="Sources decoded together.")
+@click.option(
+    "--source-len", default=24, show_default=True, type=click.IntRange(1, 1 << 16), help="Tokens per (random) source."
+)
+@click.option(
+    "--new-tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 20), help="Tokens per source (exactly)."
+)
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 1024), help="Threads, every engine.")
+@click.option(
+    "--repeats", default=3, show_default=True, type=click.IntRange(1, 1000), help="Timed runs per engine (median)."
+)
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or auto (the runtime's provider).")
 @click.option(
     "--io-binding/--no-io-binding", default=None, help="Keep states on the device between steps (default: on CUDA)."
@@ -392,6 +449,8 @@ def bench(
     json_out: str | None,
 ) -> None:
     """Time greedy decoding with BUNDLE (and PyTorch eager with --reference), side by side."""
+    if json_out:
+        _writable_file(json_out, "--json")
     from edgeseq.bench import bench_decode, random_sources, step_profile_table, summary_table
     from edgeseq.runtime import load_bundle
     from edgeseq.runtime.generator import OrtBackend
@@ -433,7 +492,7 @@ def bench(
     click.echo("\ndecoder step time by step index (mean over the steps since the previous mark):")
     click.echo(step_profile_table(results))
     if json_out:
-        Path(json_out).write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n", encoding="utf-8")
+        _write_text(json_out, json.dumps([r.to_json() for r in results], indent=2) + "\n")
 
 
 @cli.command()
@@ -443,7 +502,9 @@ def bench(
 @click.option(
     "--attention", type=click.Choice(["bahdanau", "luong-dot", "luong-general"]), default="bahdanau", show_default=True
 )
-@click.option("--steps", type=int, help="Training steps of batch 64 (default: 600 rnn, 800 transformer).")
+@click.option(
+    "--steps", type=click.IntRange(1, 1_000_000), help="Training steps of batch 64 (default: 600 rnn, 800 transformer)."
+)
 def demo(out: str | None, arch: str, cell: str, attention: str, steps: int | None) -> None:
     """Train a date normalizer on the CPU, export it, validate it, translate with ONNX Runtime."""
     from edgeseq.demo.run import DemoOptions, run_demo
@@ -462,6 +523,13 @@ EXTRAS = {
 }
 
 
+def one_line(message: str) -> str:
+    """A message as one line: the first line of a multi-line one (e.g. an exporter's log), trimmed."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else "(no message)"
+    return first if len(lines) <= 1 else f"{first} (and {len(lines) - 1} more lines)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit status."""
     try:
@@ -476,8 +544,19 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     except EdgeseqError as e:
-        click.echo(f"edgeseq: error: {e}", err=True)
+        click.echo(f"edgeseq: error: {one_line(str(e))}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # the filesystem refused something (disk full, read-only, a special path)
+        from edgeseq.fsutil import describe_os_error
+
+        click.echo(f"edgeseq: error: {describe_os_error(e, e.filename or '')}", err=True)
+        sys.exit(1)
+    except MemoryError:
+        click.echo("edgeseq: error: out of memory (try a smaller --batch-tokens or fewer threads)", err=True)
+        sys.exit(1)
+    except RecursionError:
+        click.echo("edgeseq: error: input nested too deeply", err=True)
+        sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

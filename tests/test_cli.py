@@ -71,7 +71,7 @@ def test_generate_user_errors(checkpoint_and_bundle, tmp_path):
     assert_user_error(edgeseq("generate", bundle, "--input", empty), "is empty: give one source sentence per line")
     gap = tmp_path / "gap.txt"
     gap.write_text("abc\n\nxyz\n")
-    assert_user_error(edgeseq("generate", bundle, "--input", gap), "line 2 is empty")
+    assert_user_error(edgeseq("generate", bundle, "--input", gap), "line 2: empty source text")
     assert_user_error(edgeseq("generate", bundle, "x", "--max-new-tokens", "0"), "max_new_tokens must be >= 1", code=2)
     assert_user_error(edgeseq("generate", bundle, "x", "--nope"), "No such option '--nope'", code=2)
     newer = tmp_path / "newer"

@@ -227,7 +227,7 @@ BUNDLE_CASES = {
     "invalid decoding options": (
         lambda b: lambda: DecodingOptions(beam_size=0, top_p=2.0),
         OptionsError,
-        "beam_size must be >= 1",
+        "beam_size must be in 1..1024",
     ),
     "unknown provider": (lambda b: lambda: Generator(b, provider="tpu"), OptionsError, "unknown provider 'tpu'"),
     "alignments the bundle lacks": (

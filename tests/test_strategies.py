@@ -144,16 +144,16 @@ def test_alignments(family_bundles, options):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"beam_size": 0}, "beam_size must be >= 1"),
-        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
-        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
-        ({"temperature": 0.0}, "temperature must be > 0"),
-        ({"temperature": -1.0}, "temperature must be > 0"),
+        ({"beam_size": 0}, "beam_size must be in 1..1024"),
+        ({"top_p": 0.0}, r"top_p must be in \[1e-06, 1\]"),
+        ({"top_p": 1.5}, r"top_p must be in \[1e-06, 1\]"),
+        ({"temperature": 0.0}, r"temperature must be in \[0.0001, 10000\]"),
+        ({"temperature": -1.0}, r"temperature must be in \[0.0001, 10000\]"),
         ({"min_new_tokens": 5, "max_new_tokens": 4}, r"min_new_tokens \(5\) must not exceed max_new_tokens \(4\)"),
         ({"nbest": 3, "beam_size": 2}, r"nbest \(3\) must not exceed beam_size \(2\)"),
         ({"sample": True, "beam_size": 4}, "sample and beam_size > 1 cannot be combined"),
         ({"top_k": -1}, "top_k must be >= 0"),
-        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+        ({"repetition_penalty": 0.0}, r"repetition_penalty must be in \[0.001, 1000\]"),
         ({"no_repeat_ngram": -2}, "no_repeat_ngram must be >= 0"),
         ({"seed": -1}, "seed must be a non-negative integer"),
         ({"length_penalty": float("nan")}, "length_penalty must be a finite number"),
@@ -172,9 +172,9 @@ def run_cli(*args):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--beam", "0"], "beam_size must be >= 1"),
-        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-        (["--temperature", "0"], "temperature must be > 0"),
+        (["--beam", "0"], "beam_size must be in 1..1024"),
+        (["--top-p", "1.5"], "top_p must be in [1e-06, 1]"),
+        (["--temperature", "0"], "temperature must be in [0.0001, 10000]"),
         (["--min-new-tokens", "9", "--max-new-tokens", "3"], "min_new_tokens (9) must not exceed max_new_tokens (3)"),
     ],
 )

@@ -67,10 +67,12 @@ class Recipe:
         """A JSON file such as {"encoder": "dynamic-int8", "decoder_step": "fp32"}."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except RecursionError:
+            raise OptionsError(f"cannot read recipe {path}: JSON nested too deeply") from None
         except (OSError, ValueError) as e:
             raise OptionsError(f"cannot read recipe {path}: {e}") from None
         names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) - names:
+        if not isinstance(data, dict) or set(data) - names or not all(isinstance(v, str) for v in data.values()):
             raise OptionsError(f"{path}: a recipe maps graph names ({', '.join(sorted(names))}) to modes")
         return cls(**data)
 

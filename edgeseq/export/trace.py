@@ -50,7 +50,10 @@ def trace_graph(
                 dynamo=False,
             )
         except Exception as e:
-            raise ExportError(f"{graph}: torch.onnx.export failed: {e}\n{log.read_text()}") from e
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:400]
+            error = ExportError(f"{graph}: torch.onnx.export failed: {first}")
+            error.log = f"{e}\n{log.read_text()}"  # the exporter's whole story, for the Python API
+            raise error from e
     model = onnx.load(str(path))
     got_in = [i.name for i in model.graph.input]
     got_out = [o.name for o in model.graph.output]

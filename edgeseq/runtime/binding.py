@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnxruntime as ort
 
-from edgeseq.runtime.session import GraphSession
+from edgeseq.runtime.session import GraphSession, run_error
 
 DEVICES = {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}
 
@@ -78,7 +78,10 @@ class BoundSession:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in self.graph.output_names:
             binding.bind_output(name, self.device if name in self.keep else "cpu", self.device_id)
-        self.graph.session.run_with_iobinding(binding)
+        try:
+            self.graph.session.run_with_iobinding(binding)
+        except Exception as e:  # onnxruntime's own exception types
+            raise run_error(self.graph.name, self.graph.spec.file, e) from None
         out: dict[str, np.ndarray | DeviceTensor] = {}
         for name, value in zip(self.graph.output_names, binding.get_outputs()):
             out[name] = DeviceTensor(value, self.device, self.device_id) if name in self.keep else _host_copy(value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import onnxruntime as ort
 from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
 from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor
 from edgeseq.runtime.bundle import Bundle, load_bundle
+from edgeseq.runtime.lines import Batching, LineResult, translate_lines
 from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
@@ -163,10 +164,24 @@ class Generator:
         return self.bundle.encode(text)
 
     def generate(self, texts: Sequence[str], options: DecodingOptions | None = None) -> list[Translation]:
-        """Translate a batch of texts; results come back in input order."""
+        """Translate a batch of texts (one batch: for many, use translate_lines); results in input order."""
         if isinstance(texts, str):
             texts = [texts]
-        return [self._translation(h) for h in self.generate_ids([self.encode(t) for t in texts], options)]
+        return self.translate_ids([self.encode(t) for t in texts], options)
+
+    def translate_ids(
+        self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None
+    ) -> list[Translation]:
+        """Like generate_ids, with each source's hypotheses as text."""
+        return [self._translation(h) for h in self.generate_ids(sources, options)]
+
+    def translate_lines(
+        self, lines: Iterable[str], options: DecodingOptions | None = None, batching: Batching = Batching()
+    ) -> Iterator[LineResult]:
+        """Translate a stream of lines of any length with bounded memory, in token-sized batches sorted by
+        length, giving results back in input order as they are ready (runtime/lines.py)."""
+        options = self._check_options(options or self.options)
+        return translate_lines(self, lines, options, batching)
 
     def generate_ids(
         self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None
@@ -218,6 +233,11 @@ class Generator:
         return tuple(self.bundle.manifest.banned_tokens)
 
     def _check(self, sources: Sequence[Sequence[int]], options: DecodingOptions) -> DecodingOptions:
+        self.check_sources(sources)
+        return self._check_options(options)
+
+    def check_sources(self, sources: Sequence[Sequence[int]]) -> None:
+        """Refuse source id lists the model cannot take: ids out of range, longer than max_source_length."""
         m = self.bundle.manifest
         for i, src in enumerate(sources):
             bad = [t for t in src if not 0 <= int(t) < m.source_vocab_size]
@@ -228,6 +248,11 @@ class Generator:
                     f"source {i} has {len(src)} tokens; this bundle takes at most {m.max_source_length} "
                     "(max_source_length): split the input"
                 )
+
+    def _check_options(self, options: DecodingOptions) -> DecodingOptions:
+        m = self.bundle.manifest
+        if not isinstance(options, DecodingOptions):
+            raise OptionsError(f"options must be a DecodingOptions, got {type(options).__name__}")
         if m.max_target_length and options.max_new_tokens > m.max_target_length:
             raise OptionsError(
                 f"max_new_tokens {options.max_new_tokens} exceeds this model's {m.max_target_length} target positions"

@@ -7,6 +7,16 @@ from dataclasses import dataclass, fields, replace
 
 from edgeseq.errors import OptionsError
 
+# Bounds checked at construction: values outside them underflow or overflow float32 scores (an empty or NaN
+# result), or would allocate without limit.
+MAX_NEW_TOKENS = 1 << 20
+MAX_BEAM = 1024
+MAX_NBEST = 1024
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
+MIN_TOP_P = 1e-6
+MIN_PENALTY, MAX_PENALTY = 1e-3, 1e3  # repetition penalty
+MAX_LENGTH_PENALTY = 100.0  # |length_penalty|
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
@@ -59,30 +69,50 @@ class DecodingOptions:
 
     def _range_problems(self) -> list[str]:
         p = []
-        if self.max_new_tokens < 1:
-            p.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            p.append(
+                f"max_new_tokens must be >= 1, got {self.max_new_tokens}"
+                if self.max_new_tokens < 1
+                else f"max_new_tokens must be at most {MAX_NEW_TOKENS}, got {self.max_new_tokens}"
+            )
         if self.min_new_tokens < 0:
             p.append(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         if self.min_new_tokens > self.max_new_tokens:
             p.append(f"min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})")
-        if self.beam_size < 1:
-            p.append(f"beam_size must be >= 1, got {self.beam_size}")
-        if self.nbest < 1:
-            p.append(f"nbest must be >= 1, got {self.nbest}")
+        if not 1 <= self.beam_size <= MAX_BEAM:
+            p.append(f"beam_size must be in 1..{MAX_BEAM}, got {self.beam_size}")
+        if not 1 <= self.nbest <= MAX_NBEST:
+            p.append(f"nbest must be in 1..{MAX_NBEST}, got {self.nbest}")
         elif not self.sample and self.beam_size >= 1 and self.nbest > self.beam_size:
             p.append(
                 f"nbest ({self.nbest}) must not exceed beam_size ({self.beam_size}); use a larger beam or sampling"
             )
         if self.sample and self.beam_size > 1:
             p.append("sample and beam_size > 1 cannot be combined: choose sampling or beam search")
-        if self.temperature <= 0:
-            p.append(f"temperature must be > 0, got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            p.append(
+                f"temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (a smaller one is greedy decoding: "
+                f"leave out --sample), got {self.temperature:g}"
+            )
         if self.top_k < 0:
             p.append(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            p.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            p.append(f"repetition_penalty must be > 0 (1 turns it off), got {self.repetition_penalty}")
+        if not MIN_TOP_P <= self.top_p <= 1:
+            p.append(f"top_p must be in [{MIN_TOP_P:g}, 1], got {self.top_p:g}")
+        if not MIN_PENALTY <= self.repetition_penalty <= MAX_PENALTY:
+            p.append(
+                f"repetition_penalty must be in [{MIN_PENALTY:g}, {MAX_PENALTY:g}] (1 turns it off), "
+                f"got {self.repetition_penalty:g}"
+            )
+        if abs(self.length_penalty) > MAX_LENGTH_PENALTY:
+            p.append(
+                f"length_penalty must be in [-{MAX_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}], "
+                f"got {self.length_penalty:g}"
+            )
+        elif self.beam_size > 1 and not _finite_pow(self.max_new_tokens, self.length_penalty):
+            p.append(
+                f"length_penalty {self.length_penalty:g} overflows for {self.max_new_tokens} tokens: "
+                "use a smaller length penalty or max_new_tokens"
+            )
         if self.no_repeat_ngram < 0:
             p.append(f"no_repeat_ngram must be >= 0 (0 turns it off), got {self.no_repeat_ngram}")
         return p
@@ -90,3 +120,12 @@ class DecodingOptions:
     def replace(self, **changes) -> DecodingOptions:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+
+def _finite_pow(length: int, penalty: float) -> bool:
+    """Whether length ** penalty (a beam hypothesis's divisor) is a finite, non-zero float for every length."""
+    try:
+        value = math.pow(float(length), penalty)
+    except OverflowError:
+        return False
+    return math.isfinite(value) and value > 0 and math.pow(float(length), -abs(penalty)) > 0

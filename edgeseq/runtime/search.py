@@ -109,8 +109,11 @@ class TokenByToken(_Search):
             for _ in range(copies)
         ]
         self.active = list(range(len(self.rows)))  # row index of each batch row
-        # each row's decoder input so far (HF's input_ids), in a buffer filled one column per step
-        self.buffer = np.full((len(self.rows), options.max_new_tokens + 1), special_tokens["decoder_start"], np.int64)
+        # each row's decoder input so far (HF's input_ids), in a buffer filled one column per step; it grows
+        # with the tokens generated (doubling), not with max_new_tokens
+        self.buffer = np.full(
+            (len(self.rows), min(options.max_new_tokens, 63) + 1), special_tokens["decoder_start"], np.int64
+        )
         self.length = 1
         seed = options.seed
         self.generators = [np.random.default_rng(None if seed is None else [seed, i]) for i in range(len(self.rows))]
@@ -175,6 +178,8 @@ class TokenByToken(_Search):
             if token != self.eos:
                 row.tokens.append(token)
             self._emitted.append((row.source, token))
+        if self.length == self.buffer.shape[1]:
+            self.buffer = np.concatenate([self.buffer, np.zeros_like(self.buffer)], axis=1)
         self.buffer[:, self.length] = chosen
         self.length += 1
         if self.eos not in tokens:

@@ -112,8 +112,19 @@ class GraphSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feeds by name (extra names ignored) -> outputs by name."""
         feeds = {n: feeds[n] for n in self.input_names}
-        values = self._run(self.output_names, feeds, None) if self._run else self.session.run(self.output_names, feeds)
+        try:
+            values = (
+                self._run(self.output_names, feeds, None) if self._run else self.session.run(self.output_names, feeds)
+            )
+        except Exception as e:  # onnxruntime's own exception types: a graph that fails on real inputs
+            raise run_error(self.name, self.spec.file, e) from None
         return dict(zip(self.output_names, values))
+
+
+def run_error(graph: str, file: str, e: Exception) -> BundleError:
+    """An onnxruntime failure while running a graph, as one line naming it."""
+    text = " ".join(str(e).split())
+    return BundleError(f"{file}: onnxruntime failed running the {graph} graph ({text[:300]})")
 
 
 def check_io(name: str, spec: GraphSpec, session: ort.InferenceSession) -> None:

@@ -1,0 +1,146 @@
+"""What `edgeseq generate` writes: plain lines or JSON, to stdout or to a file written whole, with progress.
+
+Plain output is one line per source (n-best hypotheses separated by tabs); a control character in a
+translation (a newline, a tab, an escape) is printed escaped (\\n, \\t, \\x1b) so that line N of the output
+always belongs to line N of the input. JSON output is always valid JSON: a list with one object per source,
+written as it goes; a score that is not a finite number (a hypothesis forced through a -inf logit) is null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import unicodedata
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from edgeseq.fsutil import WriteError, describe_os_error
+from edgeseq.runtime.lines import LineResult
+
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """Control characters as escapes, so one translation stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(
+        _ESCAPES.get(c, f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if unicodedata.category(c) == "Cc"
+        else c
+        for c in text
+    )
+
+
+def _number(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def hypothesis_json(h) -> dict:
+    d = {"text": h.text, "tokens": list(h.tokens), "score": _number(float(h.score))}
+    if h.alignment is not None:
+        d["alignment"] = np.round(np.nan_to_num(h.alignment), 5).tolist()
+    return d
+
+
+def result_json(r: LineResult) -> dict:
+    d = {"line": r.line, "source": r.source}
+    if r.error is not None:
+        return {**d, "error": r.error}
+    return {**d, "hypotheses": [hypothesis_json(h) for h in r.translation.nbest]}
+
+
+class Output:
+    """stdout, or a file built beside its target and renamed over it when complete (never half-written)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = None if path in (None, "-") else Path(path)
+        self.tmp: Path | None = None
+        if self.path is None:
+            self.stream: TextIO = sys.stdout
+            return
+        if self.path.is_dir():
+            raise WriteError(f"--output {self.path} is a directory: give a file name")
+        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        try:
+            self.stream = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish/abort
+        except OSError as e:
+            raise WriteError(describe_os_error(e, e.filename or self.path)) from None
+
+    def write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+        except OSError as e:
+            raise WriteError(describe_os_error(e, self.path or "stdout")) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as e:
+            raise WriteError(describe_os_error(e, self.path or "stdout")) from None
+
+    def finish(self) -> None:
+        self.flush()
+        if self.tmp is not None:
+            try:
+                self.stream.close()
+                os.replace(self.tmp, self.path)
+            except OSError as e:
+                self.abort()
+                raise WriteError(describe_os_error(e, e.filename or self.path)) from None
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            self.stream.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+class Progress:
+    """Lines done and lines per second on stderr, when it is a terminal (redrawn at most twice a second)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.start, self.last, self.count = enabled, time.perf_counter(), 0.0, 0
+
+    def step(self, count: int = 1) -> None:
+        self.count += count
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= 0.5:
+            self.last = now
+            rate = self.count / max(now - self.start, 1e-9)
+            sys.stderr.write(f"\redgeseq: {self.count} lines, {rate:.0f} lines/s")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.count:
+            sys.stderr.write(f"\redgeseq: {self.count} lines in {time.perf_counter() - self.start:.1f} s\n")
+
+
+def write_results(results, out: Output, as_json: bool, progress: Progress, note) -> int:
+    """Write each LineResult as it comes (plain lines or a JSON list); returns how many were skipped."""
+    skipped, first = 0, True
+    if as_json:
+        out.write("[")
+    for r in results:
+        if r.error is not None:
+            skipped += 1
+            note(f"line {r.line} skipped: {r.error}")
+        if as_json:
+            text = json.dumps(result_json(r), ensure_ascii=False, allow_nan=False)
+            out.write(("\n" if first else ",\n") + "  " + text)
+        elif r.error is not None:
+            out.write("\n")
+        else:
+            hyps = r.translation.nbest
+            out.write("\t".join(escape_controls(h.text) for h in hyps) + "\n")
+        first = False
+        progress.step()
+        if progress.count % 64 == 0:
+            out.flush()
+    if as_json:
+        out.write("\n]\n")
+    return skipped

@@ -1,0 +1,127 @@
+"""Translating a stream of lines with bounded memory: a file of any size, or stdin.
+
+Lines are read a window at a time, sorted by length within the window, cut into batches of at most
+`max_tokens` decoder tokens (rows, beams included, times the longest source), decoded, and given back in
+input order as each window completes. Memory depends on the window, not on the input's size.
+
+A line the model cannot take (empty, too long, a character the vocabulary lacks and has no <unk> for) stops
+the run with an error naming its line number, or, with `on_error="skip"`, comes back with its error and no
+translation while the rest go on.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from edgeseq.errors import EdgeseqError, InputError, OptionsError
+
+if TYPE_CHECKING:  # the Generator imports this module
+    from edgeseq.runtime.generator import Generator, Translation
+    from edgeseq.runtime.options import DecodingOptions
+
+ON_ERROR = ("stop", "skip")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a stream of lines is cut into batches."""
+
+    max_tokens: int = 6144  # per batch: decoder rows (sources x beams) x the longest source, in tokens
+    window: int = 16  # batches' worth of lines read ahead and sorted by length (memory grows with it)
+    on_error: str = "stop"  # a line the model cannot take: "stop" with an error naming it, or "skip" it
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens <= 1 << 24:
+            raise OptionsError(f"max_tokens (--batch-tokens) must be in 1..{1 << 24}, got {self.max_tokens!r}")
+        if not isinstance(self.window, int) or not 1 <= self.window <= 1 << 12:
+            raise OptionsError(f"window must be in 1..{1 << 12}, got {self.window!r}")
+        if self.on_error not in ON_ERROR:
+            raise OptionsError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """One input line: its number (from 1), its text, and its translation or why it has none."""
+
+    line: int
+    source: str
+    translation: Translation | None
+    error: str | None = None
+
+
+def read_lines(stream: BinaryIO, name: str) -> Iterator[str]:
+    """The lines of a binary stream as text (UTF-8; a line that is not names its number), without newlines."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    count = 0
+    for count, raw in enumerate(stream, 1):  # noqa: B007 - count is used after the loop
+        try:
+            text = decoder.decode(raw, final=True)
+        except UnicodeDecodeError as e:
+            raise InputError(f"{name}, line {count}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        yield text.rstrip("\n").removesuffix("\r")
+    if count == 0:
+        raise InputError(f"{name} is empty: give one source sentence per line")
+
+
+def translate_lines(
+    gen: Generator, lines: Iterable[str], options: DecodingOptions, batching: Batching = Batching()
+) -> Iterator[LineResult]:
+    """Translate `lines` in input order (see the module docstring)."""
+    rows = options.beam_size if options.beam_size > 1 else (options.nbest if options.sample else 1)
+    budget = batching.max_tokens * batching.window
+    numbered = enumerate(lines, 1)
+    while True:
+        window, tokens = [], 0
+        for number, text in numbered:
+            item = _encode(gen, number, text)
+            window.append(item)
+            tokens += rows * len(item[2] or ())
+            if tokens >= budget or len(window) >= 1 << 16:
+                break
+        if not window:
+            return
+        bad = next((i for i, item in enumerate(window) if item[3] is not None), None)
+        stop = bad is not None and batching.on_error == "stop"
+        todo = window[:bad] if stop else window
+        results = _decode_window(gen, [item for item in todo if item[3] is None], options, batching, rows)
+        for number, text, _, error in todo:
+            yield LineResult(number, text, results.get(number), error)
+        if stop:
+            number, _, _, error = window[bad]
+            raise InputError(f"line {number}: {error}")
+
+
+def _encode(gen: Generator, number: int, text: str) -> tuple[int, str, list[int] | None, str | None]:
+    try:
+        ids = gen.encode(text)
+    except EdgeseqError as e:
+        return number, text, None, str(e)
+    limit = gen.bundle.manifest.max_source_length
+    if len(ids) > limit:
+        return number, text, None, f"{len(ids)} tokens; this bundle takes at most {limit} (max_source_length)"
+    return number, text, ids, None
+
+
+def _decode_window(
+    gen: Generator, items: list, options: DecodingOptions, batching: Batching, rows: int
+) -> dict[int, Translation]:
+    """Decode one window's sources, shortest first, in batches of at most max_tokens decoder tokens."""
+    items = sorted(items, key=lambda item: len(item[2]))
+    results: dict[int, Translation] = {}
+    batch: list = []
+    equal_lengths = not gen.bundle.manifest.masked_padding  # padding would change this model's results
+    for item in [*items, None]:
+        if item is not None and batch:
+            longest = len(item[2])  # sorted: the newcomer is the longest
+            fits = (len(batch) + 1) * rows * longest <= batching.max_tokens
+            if fits and not (equal_lengths and longest != len(batch[0][2])):
+                batch.append(item)
+                continue
+        if batch:
+            for (number, *_), translation in zip(batch, gen.translate_ids([b[2] for b in batch], options)):
+                results[number] = translation
+        batch = [item] if item is not None else []
+    return results
