@@ -56,7 +56,8 @@ def result_json(r: LineResult) -> dict:
 
 
 class Output:
-    """stdout, or a file built beside its target and renamed over it when complete (never half-written)."""
+    """stdout; a regular file, built beside it and renamed over it when complete (never half-written); or a
+    special file (a device, a pipe), written directly: it is never replaced."""
 
     def __init__(self, path: str | None) -> None:
         self.path = None if path in (None, "-") else Path(path)
@@ -64,10 +65,15 @@ class Output:
         if self.path is None:
             self.stream: TextIO = sys.stdout
             return
-        if self.path.is_dir():
-            raise WriteError(f"--output {self.path} is a directory: give a file name")
-        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        target = self.path.resolve()  # through a symlink, to the file it names
         try:
+            if target.is_dir():
+                raise WriteError(f"--output {self.path} is a directory: give a file name")
+            if target.exists() and not target.is_file():  # /dev/full, a FIFO: write into it, never replace it
+                self.stream = open(target, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish/abort
+                return
+            self.target = target
+            self.tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
             self.stream = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish/abort
         except OSError as e:
             raise WriteError(describe_os_error(e, e.filename or self.path)) from None
@@ -86,17 +92,23 @@ class Output:
 
     def finish(self) -> None:
         self.flush()
-        if self.tmp is not None:
-            try:
-                self.stream.close()
-                os.replace(self.tmp, self.path)
-            except OSError as e:
-                self.abort()
-                raise WriteError(describe_os_error(e, e.filename or self.path)) from None
+        if self.path is None:
+            return
+        try:
+            self.stream.close()
+            if self.tmp is not None:
+                os.replace(self.tmp, self.target)
+        except OSError as e:
+            self.abort()
+            raise WriteError(describe_os_error(e, e.filename or self.path)) from None
 
     def abort(self) -> None:
+        if self.path is not None:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
         if self.tmp is not None:
-            self.stream.close()
             self.tmp.unlink(missing_ok=True)
 
 

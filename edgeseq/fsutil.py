@@ -29,6 +29,11 @@ class WriteError(EdgeseqError):
     """The filesystem refused a write (disk full, read-only, no permission, a special path)."""
 
 
+class Abandon(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside `building` to leave the target as it was: the partial directory is removed, nothing
+    is installed, and the block ends quietly."""
+
+
 class TargetError(EdgeseqError):
     """The output path names something edgeseq must not replace (a file, another directory, an input)."""
 
@@ -128,6 +133,11 @@ def check_target(target: str | Path, force: bool, inputs: Sequence[str | Path] =
     return target
 
 
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters made literal."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -154,6 +164,8 @@ def building(target: str | Path, force: bool = False, inputs: Sequence[str | Pat
     tmp: Path | None = None
     try:
         check_target(target, force, inputs)  # again, under the lock: another writer may have just finished
+        for stale in parent.glob(f".{glob_escape(target.name)}.partial-*"):  # left by a writer that was killed:
+            shutil.rmtree(stale, ignore_errors=True)  # under the lock, no live writer owns one
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
             os.chmod(tmp, 0o777 & ~_umask())
@@ -163,6 +175,8 @@ def building(target: str | Path, force: bool = False, inputs: Sequence[str | Pat
             yield tmp
             _set_modes(tmp)
             replace_dir(tmp, target)
+        except Abandon:
+            pass
         except OSError as e:
             raise WriteError(describe_os_error(e, e.filename or target)) from None
     finally:

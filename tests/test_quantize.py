@@ -243,9 +243,13 @@ def test_auto_keeps_the_smallest_recipe_within_budget(medium, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "<- kept" in r.stdout and "dynamic-int8" in r.stdout and "fp16" in r.stdout
     assert Generator(tmp_path / "auto").generate(calibration[:2])
-    r = run_cli("quantize", root / "fp32", "--out", tmp_path / "auto2", "--auto", "--budget", "-1", "--data", data)
-    assert r.returncode == 1 and "no recipe stays within the budget" in r.stderr
-    assert not (tmp_path / "auto2").exists()
+    from edgeseq.export.auto import auto_quantize
+
+    best, trials = auto_quantize(root / "fp32", tmp_path / "auto2", calibration, None, -1.0, None, False)
+    assert best is None and len(trials) > 3 and not any(t.within_budget for t in trials[1:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto", "data.txt"]  # nothing written, nothing left
+    r = run_cli("quantize", root / "fp32", "--out", tmp_path / "auto3", "--auto", "--budget", "-1", "--data", data)
+    assert r.returncode == 2 and "'--budget': -1.0 is not in the range" in r.stderr
 
 
 def test_recipe_refuses_unknown_graphs(tmp_path):

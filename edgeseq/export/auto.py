@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeseq.export.quantize import Recipe, quantize_bundle
-from edgeseq.fsutil import check_target
+from edgeseq.export.quantize import Recipe, calibration_feeds, quantize_into
+from edgeseq.fsutil import Abandon, building, check_target
 from edgeseq.runtime import Generator
+from edgeseq.runtime.bundle import load_bundle
 
 
 @dataclass
@@ -55,22 +58,34 @@ def auto_quantize(
 ) -> tuple[Trial | None, list[Trial]]:
     """Try recipes on `texts`; install the smallest within `budget` points of exact-match drop at `out`."""
     check_target(out, force, [src])  # before any trial: never over, into or around the input
+    bundle = load_bundle(src)
     base_exact, base_tps, base_bytes = _measure(src, texts, references or [""] * len(texts), threads)
-    fp32_out = [r.text for r in Generator(src, threads=threads).generate(list(texts))]
+    fp32_out = [r.text for r in Generator(bundle, threads=threads).generate(list(texts))]
     expected = list(references) if references else fp32_out
     base = base_exact if references else 1.0
     trials = [Trial(Recipe.uniform("fp32"), base_bytes, base_tps, base, 0.0, True)]
-    with tempfile.TemporaryDirectory(prefix=".edgeseq-auto-", dir=out.parent if out.parent.exists() else None) as tmp:
-        for i, recipe in enumerate(candidates(list(Generator(src).bundle.manifest.loop_graphs), bool(calibration))):
-            progress(f"trying {recipe.name}")
-            path = quantize_bundle(src, Path(tmp) / f"trial{i}", recipe, calibration)
-            exact, tps, size = _measure(path, texts, expected, threads)
-            drop = 100.0 * (base - exact)
-            trials.append(Trial(recipe, size, tps, exact, drop, drop <= budget))
-        fitting = [t for t in trials[1:] if t.within_budget]
-        best = min(fitting, key=lambda t: (t.bytes, -t.tokens_per_s)) if fitting else None
-        if best is not None:  # built beside `out` and swapped in: an old bundle there stays whole until then
-            quantize_bundle(src, out, best.recipe, calibration, force)
+    best = None
+    with building(out, force, [src]) as final:  # the target's lock is held for every trial
+        # trials sit beside the target under its partial-name, so that a killed run is cleaned up by the next
+        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-trials-", dir=out.parent))
+        try:
+            made = {}
+            for i, recipe in enumerate(candidates(list(bundle.manifest.loop_graphs), bool(calibration))):
+                progress(f"trying {recipe.name}")
+                made[recipe] = path = folder / f"trial{i}"
+                path.mkdir()
+                quantize_into(bundle, path, recipe, calibration_feeds(bundle, recipe, calibration, progress))
+                exact, tps, size = _measure(path, texts, expected, threads)
+                drop = 100.0 * (base - exact)
+                trials.append(Trial(recipe, size, tps, exact, drop, drop <= budget))
+            fitting = [t for t in trials[1:] if t.within_budget]
+            best = min(fitting, key=lambda t: (t.bytes, -t.tokens_per_s)) if fitting else None
+            if best is None:
+                raise Abandon  # nothing within the budget: the target stays as it was
+            for f in made[best.recipe].iterdir():  # the kept trial becomes the bundle swapped in
+                os.replace(f, final / f.name)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     return best, trials
 
 

@@ -206,31 +206,46 @@ def quantize_bundle(
     src, out = Path(src), Path(out)
     check_target(out, force, [src])  # before any work: never over, into or around the input
     bundle = load_bundle(src)
-    static = [g for g in bundle.manifest.loop_graphs if recipe.mode(g) == "static-int8"]
-    if static and not calibration:
-        raise OptionsError("static-int8 needs --calibration FILE: source sentences to measure activations on")
-    feeds = {}
-    if static:
-        progress(f"capturing calibration inputs from {len(calibration)} sentences")
-        feeds = capture_feeds(bundle, [bundle.encode(t) for t in calibration])
+    feeds = calibration_feeds(bundle, recipe, calibration, progress)
     with building(out, force, [src]) as tmp:
-        sizes = {}
-        for name, spec in bundle.manifest.loop_graphs.items():
-            mode = recipe.mode(name)
-            progress(f"{name}: {mode}")
-            quantize_graph(onnx.load(str(src / spec.file)), mode, tmp / spec.file, feeds.get(name))
-            model = onnx.load(str(tmp / spec.file))
-            set_declared_types(model, spec)
-            onnx.save(model, str(tmp / spec.file))
-            sizes[name] = model.ByteSize()
-        for f in tokenizer_files(bundle.manifest.tokenizer):
-            shutil.copyfile(src / f, tmp / f)
-        files = [g.file for g in bundle.manifest.loop_graphs.values()]
-        sharing = share_weights(tmp, files)
-        split = split_projections(tmp, files)
-        _manifest(bundle.manifest, tmp, recipe, src, sizes, {**asdict(sharing), "projections_split": split}).save(tmp)
-        load_bundle(tmp)  # the new bundle must open cleanly before it takes the target name
+        quantize_into(bundle, tmp, recipe, feeds, progress)
     return out
+
+
+def calibration_feeds(
+    bundle: Bundle, recipe: Recipe, calibration: Sequence[str] | None, progress: Callable[[str], None]
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """What static-int8 graphs are calibrated on (nothing for other recipes)."""
+    static = [g for g in bundle.manifest.loop_graphs if recipe.mode(g) == "static-int8"]
+    if not static:
+        return {}
+    if not calibration:
+        raise OptionsError("static-int8 needs --calibration FILE: source sentences to measure activations on")
+    progress(f"capturing calibration inputs from {len(calibration)} sentences")
+    return capture_feeds(bundle, [bundle.encode(t) for t in calibration])
+
+
+def quantize_into(
+    bundle: Bundle, folder: Path, recipe: Recipe, feeds: dict, progress: Callable[[str], None] = lambda msg: None
+) -> None:
+    """Write the quantized bundle into the empty directory `folder`; it must load cleanly."""
+    src = bundle.path
+    sizes = {}
+    for name, spec in bundle.manifest.loop_graphs.items():
+        mode = recipe.mode(name)
+        progress(f"{name}: {mode}")
+        quantize_graph(onnx.load(str(src / spec.file)), mode, folder / spec.file, feeds.get(name))
+        model = onnx.load(str(folder / spec.file))
+        set_declared_types(model, spec)
+        onnx.save(model, str(folder / spec.file))
+        sizes[name] = model.ByteSize()
+    for f in tokenizer_files(bundle.manifest.tokenizer):
+        shutil.copyfile(src / f, folder / f)
+    files = [g.file for g in bundle.manifest.loop_graphs.values()]
+    sharing = share_weights(folder, files)
+    split = split_projections(folder, files)
+    _manifest(bundle.manifest, folder, recipe, src, sizes, {**asdict(sharing), "projections_split": split}).save(folder)
+    load_bundle(folder)  # the new bundle must open cleanly before it takes the target name
 
 
 def _manifest(m: Manifest, bundle: Path, recipe: Recipe, src: Path, sizes: dict, sharing: dict) -> Manifest:

@@ -1,0 +1,195 @@
+"""Nothing the user did not name is removed or replaced, and every filesystem failure is one line.
+
+Each refusal is checked three ways: the message, the exit code, and a digest of every file under the test's
+folder before and after (nothing on disk changed). Writers take an exclusive lock on their target; a killed
+writer leaves the old bundle whole; bundles get the user's umask.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeseq.runtime import Generator, load_bundle
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file (and symlink, and empty directory) under `folder`, with its content's sha256."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(root) / name
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "special"
+        for name in dirs:
+            out[str((Path(root) / name).relative_to(folder)) + "/"] = "dir"
+    return out
+
+
+def cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeseq", *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def assert_refused(r, code: int, message: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("edgeseq: error:")]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def home(bundle_factory, checkpoint_and_bundle, tmp_path):
+    """A folder holding a bundle `b`, a checkpoint `m.safetensors`, a file and a user's own directory."""
+    src, *_ = bundle_factory()
+    shutil.copytree(src, tmp_path / "b")
+    shutil.copy(checkpoint_and_bundle[0], tmp_path / "m.safetensors")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 a cat")
+    (tmp_path / "data.txt").write_text("abc\nhello world\n")
+    return tmp_path
+
+
+REFUSALS = [
+    # (command, exit code, message): every one must leave the folder exactly as it was
+    (("quantize", "{h}/b", "--out", "{h}/b", "--mode", "int8", "--force"), 1, "is the input"),
+    (("quantize", "{h}/b", "--out", "{h}", "--mode", "int8", "--force"), 1, "contains the input"),
+    (("quantize", "{h}/b", "--out", "{h}/b/inner", "--mode", "int8"), 1, "is inside the input"),
+    (("quantize", "{h}/b", "--out", "{h}/notes.txt", "--mode", "int8", "--force"), 1, "is not a directory"),
+    (("quantize", "{h}/b", "--out", "{h}/photos", "--mode", "int8", "--force"), 1, "not an edgeseq bundle"),
+    (("quantize", "{h}/b", "--out", "{h}/b", "--auto", "--force", "--data", "{h}/data.txt"), 1, "is the input"),
+    (("quantize", "{h}/b", "--out", "{h}", "--auto", "--force", "--data", "{h}/data.txt"), 1, "contains the input"),
+    (("export", "{h}/m.safetensors", "--out", "{h}/photos", "--force"), 1, "not an edgeseq bundle"),
+    (("export", "{h}/m.safetensors", "--out", "{h}/notes.txt", "--force"), 1, "is not a directory"),
+    (("export", "{h}/m.safetensors", "--out", "{h}/b"), 1, "already exists"),
+    (("export", "{h}/m.safetensors", "--out", "{h}/m.safetensors/x"), 1, "is inside the input"),
+    (("generate", "{h}/b", "--input", "{h}/data.txt", "--output", "{h}/data.txt"), 1, "is the input file"),
+    (("generate", "{h}/b", "abc", "--output", "{h}/photos"), 1, "is a directory"),
+    (("validate", "{h}/b", "--reference", "{h}/m.safetensors", "--json", "{h}/photos"), 1, "is a directory"),
+    (("demo", "--out", "{h}/photos"), 1, "already exists"),
+]
+
+
+@pytest.mark.parametrize("args, code, message", REFUSALS, ids=[" ".join(a[:1] + a[3:5]) for a, *_ in REFUSALS])
+def test_refused_before_any_work_and_nothing_changes(home, args, code, message):
+    before = tree(home)
+    r = cli(*(a.format(h=home) for a in args))
+    assert_refused(r, code, message)
+    assert tree(home) == before
+
+
+def test_force_replaces_only_a_bundle_in_one_step(home):
+    before = tree(home / "b")
+    r = cli("quantize", home / "b", "--out", home / "q", "--mode", "int8")
+    assert r.returncode == 0, r.stderr
+    r = cli("quantize", home / "b", "--out", home / "q", "--mode", "fp16", "--force")
+    assert r.returncode == 0, r.stderr
+    assert tree(home / "b") == before and load_bundle(home / "q").manifest.provenance["quantize"]
+    assert sorted(p.name for p in home.iterdir()) == ["b", "data.txt", "m.safetensors", "notes.txt", "photos", "q"]
+
+
+def test_auto_force_keeps_the_old_bundle_until_the_new_one_is_whole(home):
+    cli("quantize", home / "b", "--out", home / "q", "--mode", "fp16")
+    old = tree(home / "q")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgeseq",
+            "quantize",
+            home / "b",
+            "--out",
+            home / "q",
+            "--auto",
+            "--force",
+            "--data",
+            home / "data.txt",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:  # kill it while it tries recipes
+        if any(home.glob(".q.partial-trials-*/trial*")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "quantize --auto finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert tree(home / "q") == old  # the old bundle, whole and untouched
+    Generator(home / "q").generate(["abc"])
+    r = cli("quantize", home / "b", "--out", home / "q", "--auto", "--force", "--data", home / "data.txt")
+    assert r.returncode == 0 and "wrote" in r.stdout, r.stderr  # the next run cleans up after the killed one
+    assert not list(home.glob(".q.partial-*"))
+
+
+def test_a_second_writer_to_the_same_out_is_refused(home):
+    lock = os.open(home / ".q.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another edgeseq process is writing q
+    try:
+        r = cli("quantize", home / "b", "--out", home / "q", "--mode", "int8")
+        assert_refused(r, 1, "is being written by another edgeseq process")
+        assert not (home / "q").exists()
+    finally:
+        os.close(lock)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edgeseq", "quantize", home / "b", "--out", home / "q", "--mode", mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode in ("int8", "fp16")
+    ]
+    results = [(p.wait(), *p.communicate()) for p in procs]
+    wrote = [out for code, out, _ in results if code == 0 and "wrote" in out]
+    refused = [err for code, _, err in results if code == 1]
+    assert len(wrote) == 1, results  # never two "wrote"
+    assert len(wrote) + len(refused) == 2
+    assert all("being written by another" in e or "already exists" in e for e in refused), refused
+
+
+def test_bundles_get_the_users_umask(bundle_factory, tmp_path):
+    src, *_ = bundle_factory()
+    for mask, dir_mode, file_mode in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
+        out = tmp_path / f"q{mask:o}"
+        r = cli("quantize", src, "--out", out, "--mode", "int8", preexec_fn=lambda m=mask: os.umask(m))
+        assert r.returncode == 0, r.stderr
+        assert out.stat().st_mode & 0o777 == dir_mode
+        assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {file_mode}
+
+
+def _small_files(limit: int):
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return set_limit
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_old_bundle(home):
+    cli("quantize", home / "b", "--out", home / "q", "--mode", "fp16")
+    old = tree(home / "q")
+    r = cli("quantize", home / "b", "--out", home / "q", "--mode", "int8", "--force", preexec_fn=_small_files(20000))
+    assert_refused(r, 1, "File too large")
+    assert tree(home / "q") == old and not list(home.glob(".q.partial-*"))
+    device = os.stat("/dev/full")
+    r = cli("generate", home / "b", "abc", "--output", "/dev/full")
+    assert_refused(r, 1, "/dev/full: no space left on the device")
+    assert os.stat("/dev/full").st_rdev == device.st_rdev and Path("/dev/full").is_char_device()  # never replaced
+
+
+@pytest.mark.parametrize("out", ["/proc/edgeseq-x", "/sys/edgeseq-x", "/dev/null/x"])
+def test_special_paths_are_one_line(home, out):
+    r = cli("quantize", home / "b", "--out", out, "--mode", "int8")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert out.split("/")[1] in r.stderr
