@@ -11,6 +11,16 @@ import click
 from edgeseq.errors import EdgeseqError
 
 
+class FiniteRange(click.FloatRange):
+    """A float in [min, max], refusing nan (which FloatRange's comparisons let through)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number in the range {self.min}<=x<={self.max}", param, ctx)
+        return number
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgeseq")
 def cli() -> None:
@@ -338,7 +348,7 @@ def _write_text(path: str, text: str) -> None:
 @click.option("--calibration", help="Source sentences (one per line) for static-int8 calibration.")
 @click.option("--auto", is_flag=True, help="Try recipes; keep the smallest within --budget.")
 @click.option(
-    "--budget", default=0.5, show_default=True, type=click.FloatRange(0, 100), help="--auto: allowed exact-match drop."
+    "--budget", default=0.5, show_default=True, type=FiniteRange(0, 100), help="--auto: allowed exact-match drop."
 )
 @click.option("--data", help="--auto: sources (optionally source<TAB>reference) to measure quality on.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")

@@ -185,7 +185,9 @@ class Vocab:
     def load(cls, path: Path) -> Vocab:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as e:
+        except RecursionError:
+            raise BundleError(f"cannot read vocabulary {path}: JSON nested too deeply") from None
+        except (OSError, ValueError) as e:
             raise BundleError(f"cannot read vocabulary {path}: {e}") from None
         return cls.from_json(data, where=str(path))
 

@@ -28,6 +28,7 @@ def session_options(threads: int | None, step: bool) -> ort.SessionOptions:
     weights where they lie, mapped from the bundle, rather than holding a repacked copy.
     """
     options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only: edgeseq reports a failure itself, in one line
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
