@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from edgeseq.bench import bench_decode, random_sources, step_profile_table, summary_table
+from edgeseq.bench import bench_decode, step_profile_table, summary_table
+from edgeseq.bundle import SourceFraming
 from edgeseq.export import ExportOptions, TorchBackend, adapter_for, export_model
 from edgeseq.models import TransformerConfig, TransformerSeq2Seq
 from edgeseq.runtime import load_bundle
+from edgeseq.runtime.batching import random_sources
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.vocab import SPECIALS, Vocab
 
@@ -80,7 +82,9 @@ def main() -> None:
         print(f"bundle load (checksums + sessions): {time.perf_counter() - t:.2f} s")
         torch_backend = TorchBackend(adapter_for(model))
         spec = bundle.manifest.decoder
-        sources = random_sources(args.vocab, 1, args.source_len)
+        sources = random_sources(
+            args.vocab, 1, args.source_len, framing=SourceFraming(suffix=(2,)), special=(0, 1, 2, 3)
+        )
         print(
             f"\ngreedy, batch 1, {args.source_len}-token source, {args.new_tokens} new tokens, {args.threads} threads"
         )

@@ -12,8 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
+from edgeseq.runtime.batching import random_sources
 from edgeseq.runtime.loop import decode
 from edgeseq.runtime.options import DecodingOptions
 
@@ -57,9 +56,16 @@ class _Timed:
         return out
 
 
-def random_sources(vocab_size: int, batch: int, length: int, seed: int = 0, eos: int = 2) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [[*map(int, rng.integers(4, vocab_size, size=length - 1)), eos] for _ in range(batch)]
+def bundle_sources(m, count: int, length: int, seed: int = 0) -> list[list[int]]:
+    """Random sources of exactly `length` tokens, with the bundle's own framing and special ids."""
+    return random_sources(
+        m.source_vocab_size,
+        count,
+        length,
+        seed=seed,
+        framing=m.source_framing,
+        special=tuple(m.special_tokens.values()),
+    )
 
 
 def bench_decode(
@@ -145,7 +151,10 @@ def step_placement(bundle, provider: str = "cpu", new_tokens: int = 2) -> Placem
             backend.bound["decoder_step"].graph = session
         m = bundle.manifest
         decode(
-            backend, m.decoder, random_sources(m.source_vocab_size, 1, 8), DecodingOptions(max_new_tokens=new_tokens)
+            backend,
+            m.decoder,
+            bundle_sources(m, 1, 8),
+            DecodingOptions(max_new_tokens=new_tokens),
         )
         events = json.loads(open(session.session.end_profiling()).read())
     nodes: dict[str, set[str]] = {}

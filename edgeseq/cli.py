@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from edgeseq.errors import EdgeseqError
+from edgeseq.errors import EdgeseqError, OptionsError
+from edgeseq.fsutil import check_output_file, write_file_whole
 
 
 class FiniteRange(click.FloatRange):
@@ -58,7 +59,8 @@ def export(
 
     options = ExportOptions(opset=opset, force=force, max_new_tokens=max_new_tokens, simplify=not no_simplify)
     texts, expected = _check_data(data, pairs)
-    path, report = export_any(model, out, options, texts, expected, f"pairs {pairs}", progress=_note)
+    inputs = _input_paths(model, data, pairs)
+    path, report = export_any(model, out, options, texts, expected, f"pairs {pairs}", _note, inputs)
     click.echo(report.table())
     click.echo(f"wrote {path}")
 
@@ -72,7 +74,7 @@ def _check_data(data: str | None, pairs: str | None) -> tuple[list[str] | None, 
     from edgeseq.runtime.sources import read_sources
 
     if data and pairs:
-        raise EdgeseqError("give --data or --pairs, not both (--pairs carries its sources)")
+        raise OptionsError("give --data or --pairs, not both (--pairs carries its sources)")
     if pairs:
         from edgeseq.export.validate import read_pairs
 
@@ -161,19 +163,13 @@ def generate(
     from edgeseq.runtime.lines import Batching
 
     if input_file and texts:
-        raise EdgeseqError("give sources either as arguments or with --input, not both")
+        raise OptionsError("give sources either as arguments or with --input, not both")
     if texts == ("-",):
         input_file = "-"
     if not input_file and not texts:
-        raise EdgeseqError("no sources: pass text arguments or --input FILE ('-' for standard input)")
-    if (
-        output
-        and output != "-"
-        and input_file
-        and input_file != "-"
-        and Path(output).resolve() == Path(input_file).resolve()
-    ):
-        raise EdgeseqError(f"--output {output} is the input file: write the translations somewhere else")
+        raise OptionsError("no sources: pass text arguments or --input FILE ('-' for standard input)")
+    if output and output != "-":
+        check_output_file(output, "--output", _input_paths(bundle, input_file))
     batching = Batching(on_error=on_error, **({"max_tokens": batch_tokens} if batch_tokens is not None else {}))
     gen = Generator(load_bundle(bundle, verify_checksums=not no_verify), provider=provider, threads=threads)
     if gen.backend.note:
@@ -276,14 +272,14 @@ def validate(
     from edgeseq.runtime import load_bundle
 
     if json_out and json_out != "-":
-        _writable_file(json_out, "--json")
+        check_output_file(json_out, "--json", _input_paths(bundle, reference, data, pairs))
     for name, value in overrides.items():
         if value is not None and not (value >= 0 and value == value and value != float("inf")):
             raise click.BadParameter(
                 f"must be a finite number >= 0, got {value}", param_hint=f"--{name.replace('_', '-')}"
             )
     if data and pairs:
-        raise EdgeseqError("give --data or --pairs, not both (--pairs carries its sources)")
+        raise OptionsError("give --data or --pairs, not both (--pairs carries its sources)")
     texts, references = read_pairs(data) if data else (None, None)
     expected = None
     if pairs:
@@ -307,34 +303,21 @@ def validate(
     else:
         click.echo(report.table())
         if json_out:
-            _write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
+            write_file_whole(json_out, json.dumps(report.to_json(), indent=2) + "\n")
     if not report.ok:
         sys.exit(1)
 
 
-def _writable_file(path: str, flag: str) -> None:
-    """Refuse, before any work, an output file that cannot be written (a directory, a missing folder)."""
-    p = Path(path)
-    if p.is_dir():
-        raise EdgeseqError(f"{flag} {path} is a directory: give a file name")
-    if not p.parent.is_dir():
-        raise EdgeseqError(f"{flag} {path}: the folder {p.parent} does not exist")
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write a report file whole (temporary file, then rename), one line on failure."""
-    import os
-
-    from edgeseq.fsutil import WriteError, describe_os_error
-
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WriteError(describe_os_error(e, e.filename or p)) from None
+def _input_paths(*values: str | None) -> list[str]:
+    """The paths among a command's arguments (a FILE.py:FUNCTION reference counts by its file)."""
+    out = []
+    for v in values:
+        if not v or v == "-":
+            continue
+        path = v.rpartition(":")[0] if ":" in v and not Path(v).exists() else v
+        if path and Path(path).exists():
+            out.append(path)
+    return out
 
 
 @cli.command()
@@ -379,25 +362,28 @@ def quantize(
         from edgeseq.export.validate import read_pairs
 
         if not data and not calib:
-            raise EdgeseqError("--auto needs --data FILE (or --calibration FILE) to measure quality on")
+            raise OptionsError("--auto needs --data FILE (or --calibration FILE) to measure quality on")
         texts, references = read_pairs(data) if data else (calib, None)
-        best, trials = auto_quantize(Path(bundle), Path(out), texts, references, budget, calib, force, progress=note)
+        inputs = _input_paths(calibration, data)
+        best, trials = auto_quantize(
+            Path(bundle), Path(out), texts, references, budget, calib, force, progress=note, inputs=inputs
+        )
         click.echo(trials_table(trials, best))
         if best is None:
             raise EdgeseqError(f"no recipe stays within the budget of {budget} points; nothing written")
         click.echo(f"wrote {out} ({best.recipe.name})")
         return
     if recipe_file and (mode or enc or att or dec):
-        raise EdgeseqError("give either --recipe FILE or --mode/--encoder/--attention/--decoder, not both")
+        raise OptionsError("give either --recipe FILE or --mode/--encoder/--attention/--decoder, not both")
     if recipe_file:
         recipe = Recipe.load(recipe_file)
     elif mode or enc or att or dec:
         recipe = Recipe(enc or mode or "fp32", att or mode or "fp32", dec or mode or "fp32")
     else:
-        raise EdgeseqError(
+        raise OptionsError(
             "say how to quantize: --mode MODE, per-graph --encoder/--attention/--decoder, --recipe or --auto"
         )
-    path = quantize_bundle(bundle, out, recipe, calib, force, progress=note)
+    path = quantize_bundle(bundle, out, recipe, calib, force, note, _input_paths(calibration, recipe_file))
     size = sum(f.stat().st_size for f in path.iterdir())
     before = sum(f.stat().st_size for f in Path(bundle).iterdir())
     click.echo(f"wrote {path} ({recipe.name}): {size / 1e6:.2f} MB, {size / before:.0%} of {before / 1e6:.2f} MB")
@@ -460,16 +446,18 @@ def bench(
 ) -> None:
     """Time greedy decoding with BUNDLE (and PyTorch eager with --reference), side by side."""
     if json_out:
-        _writable_file(json_out, "--json")
-    from edgeseq.bench import bench_decode, random_sources, step_profile_table, summary_table
+        check_output_file(json_out, "--json", _input_paths(bundle, reference))
+    from edgeseq.bench import bench_decode, bundle_sources, step_profile_table, summary_table
     from edgeseq.runtime import load_bundle
     from edgeseq.runtime.generator import OrtBackend
 
     b = load_bundle(bundle)
     m = b.manifest
     if m.max_target_length and new_tokens > m.max_target_length:
-        raise EdgeseqError(f"--new-tokens {new_tokens} exceeds the model's {m.max_target_length} target positions")
-    sources = random_sources(m.source_vocab_size, batch, source_len)
+        raise OptionsError(f"--new-tokens {new_tokens} exceeds the model's {m.max_target_length} target positions")
+    if source_len > m.max_source_length:
+        raise OptionsError(f"--source-len {source_len} exceeds this bundle's max_source_length {m.max_source_length}")
+    sources = bundle_sources(m, batch, source_len)
     backend = OrtBackend(b, provider, threads, io_binding)
     if backend.note:
         click.echo(f"edgeseq: {backend.note}", err=True)
@@ -502,7 +490,7 @@ def bench(
     click.echo("\ndecoder step time by step index (mean over the steps since the previous mark):")
     click.echo(step_profile_table(results))
     if json_out:
-        _write_text(json_out, json.dumps([r.to_json() for r in results], indent=2) + "\n")
+        write_file_whole(json_out, json.dumps([r.to_json() for r in results], indent=2) + "\n")
 
 
 @cli.command()
@@ -540,8 +528,16 @@ def one_line(message: str) -> str:
     return first if len(lines) <= 1 else f"{first} (and {len(lines) - 1} more lines)"
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so partial files and directories are removed on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit status."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(args=argv, prog_name="edgeseq", standalone_mode=False)
     except ModuleNotFoundError as e:

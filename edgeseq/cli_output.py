@@ -137,22 +137,27 @@ def write_results(results, out: Output, as_json: bool, progress: Progress, note)
     skipped, first = 0, True
     if as_json:
         out.write("[")
-    for r in results:
-        if r.error is not None:
-            skipped += 1
-            note(f"line {r.line} skipped: {r.error}")
+    try:
+        for r in results:
+            skipped += _write_one(r, out, as_json, first, note)
+            first = False
+            progress.step()
+            if progress.count % 64 == 0:
+                out.flush()
+    finally:  # stopped by a bad line or an error: what was written is still a valid JSON list
         if as_json:
-            text = json.dumps(result_json(r), ensure_ascii=False, allow_nan=False)
-            out.write(("\n" if first else ",\n") + "  " + text)
-        elif r.error is not None:
-            out.write("\n")
-        else:
-            hyps = r.translation.nbest
-            out.write("\t".join(escape_controls(h.text) for h in hyps) + "\n")
-        first = False
-        progress.step()
-        if progress.count % 64 == 0:
-            out.flush()
-    if as_json:
-        out.write("\n]\n")
+            out.write("\n]\n")
     return skipped
+
+
+def _write_one(r: LineResult, out: Output, as_json: bool, first: bool, note) -> int:
+    if r.error is not None:
+        note(f"line {r.line} skipped: {r.error}")
+    if as_json:
+        text = json.dumps(result_json(r), ensure_ascii=False, allow_nan=False)
+        out.write(("\n" if first else ",\n") + "  " + text)
+    elif r.error is not None:
+        out.write("\n")
+    else:
+        out.write("\t".join(escape_controls(h.text) for h in r.translation.nbest) + "\n")
+    return int(r.error is not None)

@@ -128,9 +128,78 @@ def check_target(target: str | Path, force: bool, inputs: Sequence[str | Path] =
                 )
             if not force:
                 raise TargetError(f"{target} already exists: choose another --out, or pass --force to replace it")
+            foreign = sorted(p.name for p in target.iterdir() if p.name not in bundle_file_names(target))
+            if foreign:
+                raise TargetError(
+                    f"--out {target} holds files that are not the bundle's ({', '.join(foreign[:3])}): replacing it "
+                    "would delete them; move them away or choose another --out"
+                )
     except OSError as e:
         raise WriteError(describe_os_error(e, target)) from None
     return target
+
+
+def bundle_file_names(folder: Path) -> set[str]:
+    """The names of a bundle's own files: what its manifest lists (or, if it cannot be read, what edgeseq
+    writes), and the manifest itself."""
+    names = {MANIFEST, f".{MANIFEST}.tmp"}
+    try:
+        from edgeseq.manifest import read_manifest
+        from edgeseq.runtime.tokenizer import tokenizer_files
+
+        m = read_manifest(folder)
+        return names | {g.file for g in m.graphs.values()} | set(m.files) | set(tokenizer_files(m.tokenizer))
+    except EdgeseqError:
+        pass
+    return names | {
+        p.name
+        for p in folder.iterdir()
+        if p.suffix in (".onnx", ".spm")
+        or p.name in ("weights.bin", "tokenizer.json", "vocab.json")
+        or p.name.endswith(("_vocab.json", "_tokenizer.json"))
+    }
+
+
+def check_output_file(path: str | Path, flag: str, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse, before any work, an output file that is a directory, has no folder, or is (or is inside) an
+    input: a report must never overwrite what it reports on."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise TargetError(f"{flag} {path} is a directory: give a file name")
+        if not p.parent.is_dir():
+            raise TargetError(f"{flag} {path}: the folder {p.parent} does not exist")
+        real = p.resolve()
+        for given in inputs:
+            other = Path(given).resolve()
+            if real == other or real.is_relative_to(other):
+                raise TargetError(
+                    f"{flag} {path} is {'inside ' if real != other else ''}the input {given}: write it somewhere else"
+                )
+    except OSError as e:
+        raise WriteError(describe_os_error(e, path)) from None
+    return p
+
+
+def write_file_whole(path: str | Path, text: str) -> None:
+    """Write a text file whole: a regular file (or a new one) through a temporary file renamed over it; a
+    special file (a device, a pipe) directly: it is never replaced."""
+    p = Path(path).resolve()
+    try:
+        if p.exists() and not p.is_file():
+            with open(p, "w", encoding="utf-8") as f:
+                f.write(text)
+            return
+        tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            if p.exists():
+                os.chmod(tmp, p.stat().st_mode & 0o777)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        raise WriteError(describe_os_error(e, e.filename or path)) from None
 
 
 def glob_escape(name: str) -> str:

@@ -383,8 +383,10 @@ def _check_references(m: Manifest, where: str) -> None:
             problems.append(f"decoder.states[{i}].init.from {s.init_from!r} is not an output of encoder or attention")
         if s.zeros_shape is not None and len(s.zeros_shape) != rank:
             problems.append(f"decoder.states[{i}].init.zeros has rank {len(s.zeros_shape)}, {s.input!r} has {rank}")
-    if len(m.banned_tokens) > m.target_vocab_size:
-        problems.append("banned_tokens: more entries than the target vocabulary has tokens")
+    if len(m.banned_tokens) >= m.target_vocab_size:
+        problems.append("banned_tokens: bans every target token (nothing could be generated)")
+    elif m.special_tokens.get("eos") in m.banned_tokens:
+        problems.append(f"banned_tokens: bans the end token ({m.special_tokens.get('eos')}): no output could end")
     else:
         for t in m.banned_tokens:
             if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < m.target_vocab_size:

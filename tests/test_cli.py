@@ -65,7 +65,7 @@ def test_generate_user_errors(checkpoint_and_bundle, tmp_path):
     assert_user_error(edgeseq("generate", ckpt, "x"), "is not a bundle: expected a directory")
     assert_user_error(edgeseq("generate", tmp_path, "x"), "is not a bundle: it has no edgeseq.json")
     assert_user_error(edgeseq("generate", bundle, ""), "empty source text")
-    assert_user_error(edgeseq("generate", bundle), "no sources: pass text arguments or --input FILE")
+    assert_user_error(edgeseq("generate", bundle), "no sources: pass text arguments or --input FILE", code=2)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert_user_error(edgeseq("generate", bundle, "--input", empty), "is empty: give one source sentence per line")

@@ -25,20 +25,38 @@ def files(bundle_factory, checkpoint_and_bundle, tmp_path_factory):
     (root / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     (root / "dir").mkdir()
     (root / "bad.json").write_text("{nope")
+    for name, change in (
+        ("list", lambda m: m.update(config=[1, 2])),
+        ("pad", lambda m: m["config"].update(pad_id=999)),
+        ("bos", lambda m: m["config"].update(bos_id=500)),
+    ):
+        _edited_checkpoint(checkpoint_and_bundle[0], root / f"ckpt_{name}.safetensors", change)
     return {"B": bundle_factory()[0], "C": checkpoint_and_bundle[0], "R": root}
+
+
+def _edited_checkpoint(src, dst, change):
+    """A copy of a checkpoint whose edgeseq metadata `change` edits (a hostile or damaged checkpoint)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = json.loads(f.metadata()["edgeseq"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    change(meta)
+    save_file(tensors, str(dst), metadata={"edgeseq": json.dumps(meta)})
 
 
 SWEEP = [
     # (arguments, exit code); {B} bundle, {C} checkpoint, {R} a folder of test files
     (("generate",), 2),
-    (("generate", "{B}"), 1),
+    (("generate", "{B}"), 2),
     (("generate", "{R}/none", "abc"), 1),
     (("generate", "{R}/lines.txt", "abc"), 1),
     (("generate", "{B}", "--input", "{R}/none.txt"), 1),
     (("generate", "{B}", "--input", "{R}/dir"), 1),
     (("generate", "{B}", "--input", "{R}/empty.txt"), 1),
     (("generate", "{B}", "--input", "{R}/latin1.txt"), 1),
-    (("generate", "{B}", "abc", "--input", "{R}/lines.txt"), 1),
+    (("generate", "{B}", "abc", "--input", "{R}/lines.txt"), 2),
     (("generate", "{B}", "abc", "--threads", "99999999999"), 2),
     (("generate", "{B}", "abc", "--threads", "0"), 2),
     (("generate", "{B}", "abc", "--beam", "1000000000"), 2),
@@ -56,7 +74,7 @@ SWEEP = [
     (("export", "{C}", "--out", "{R}/x", "--opset", "99"), 2),
     (("export", "{C}", "--out", "{R}/x", "--max-new-tokens", "0"), 2),
     (("export", "{C}", "--out", "{R}/x", "--data", "{R}/none.txt"), 1),
-    (("export", "{C}", "--out", "{R}/x", "--data", "{R}/lines.txt", "--pairs", "{R}/lines.txt"), 1),
+    (("export", "{C}", "--out", "{R}/x", "--data", "{R}/lines.txt", "--pairs", "{R}/lines.txt"), 2),
     (("export", "{R}/nomodule.py:fn", "--out", "{R}/x"), 2),
     (("export", "no.such.module:fn", "--out", "{R}/x"), 2),
     (("export", "{C}", "--out", "/proc/edgeseq/x"), 1),
@@ -69,12 +87,12 @@ SWEEP = [
     (("validate", "{B}", "--reference", "{C}", "--data", "{R}/empty.txt"), 1),
     (("validate", "{B}", "--reference", "{C}", "--pairs", "{R}/lines.txt"), 1),
     (("validate", "{R}/dir", "--reference", "{C}"), 1),
-    (("quantize", "{B}", "--out", "{R}/q"), 1),
+    (("quantize", "{B}", "--out", "{R}/q"), 2),
     (("quantize", "{B}", "--out", "{R}/q", "--mode", "int4"), 2),
     (("quantize", "{B}", "--out", "{R}/q", "--recipe", "{R}/bad.json"), 2),
     (("quantize", "{B}", "--out", "{R}/q", "--recipe", "{R}/none.json"), 2),
     (("quantize", "{B}", "--out", "{R}/q", "--mode", "static-int8"), 2),
-    (("quantize", "{B}", "--out", "{R}/q", "--auto"), 1),
+    (("quantize", "{B}", "--out", "{R}/q", "--auto"), 2),
     (("quantize", "{B}", "--out", "{R}/q", "--auto", "--budget", "nan", "--data", "{R}/lines.txt"), 2),
     (("quantize", "{R}/none", "--out", "{R}/q", "--mode", "int8"), 1),
     (("info", "{R}/none"), 1),
@@ -84,6 +102,12 @@ SWEEP = [
     (("bench", "{B}", "--batch", "0"), 2),
     (("bench", "{B}", "--json", "{R}/dir"), 1),
     (("bench", "{B}", "--reference", "{R}/none.safetensors", "--repeats", "1", "--new-tokens", "2"), 1),
+    (("bench", "{B}", "--source-len", "5000", "--repeats", "1"), 2),
+    (("export", "{R}/ckpt_list.safetensors", "--out", "{R}/x"), 1),
+    (("export", "{R}/ckpt_pad.safetensors", "--out", "{R}/x"), 1),
+    (("validate", "{B}", "--reference", "{R}/ckpt_pad.safetensors"), 1),
+    (("bench", "{B}", "--reference", "{R}/ckpt_pad.safetensors", "--repeats", "1"), 1),
+    (("export", "{R}/ckpt_bos.safetensors", "--out", "{R}/x"), 1),
     (("demo", "--steps", "0"), 2),
     (("demo", "--arch", "lstm"), 2),
     (("nosuchcommand",), 2),
@@ -162,3 +186,33 @@ def test_memory_does_not_grow_with_the_input(files, tmp_path):
     big, _ = _peak_rss_kb(["generate", files["B"], "--input", tmp_path / "big.txt", *common])
     assert big <= 1.3 * small, (big, small)
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 100_000
+
+
+def test_text_that_is_not_utf8_is_refused(files):
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeseq", "generate", str(files["B"]), b"ab\xff", "--json"], capture_output=True
+    )
+    assert r.returncode == 1 and b"is not valid UTF-8 text" in r.stderr, r.stderr
+    assert json.loads(r.stdout) == []  # stopped at its first line: still a valid JSON list
+
+
+@pytest.mark.parametrize("extra", [[], ["--beam", "4"], ["--sample", "--seed", "1"]])
+def test_constraints_that_exhaust_the_vocabulary_end_the_output(files, extra):
+    """--no-repeat-ngram 1 with a long minimum length runs out of tokens: the output ends (score null, -inf),
+    no token repeats, no NaN and no warning."""
+    r = cli(
+        "generate",
+        files["B"],
+        "abc",
+        "--no-repeat-ngram",
+        "1",
+        "--min-new-tokens",
+        "14",
+        "--max-new-tokens",
+        "20",
+        "--json",
+        *extra,
+    )
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    hyp = json.loads(r.stdout)[0]["hypotheses"][0]
+    assert len(hyp["tokens"]) == len(set(hyp["tokens"])) and hyp["score"] is None

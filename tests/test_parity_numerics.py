@@ -115,3 +115,25 @@ def test_token_ids_are_compared_for_equality(tmp_path, bundle_factory):
     tokens = next(c for c in report.outputs if c.output == "next_token")
     assert tokens.differ is not None and tokens.total > 0
     assert "ids differ" in report.table() and "next_token max abs" not in report.table()
+
+
+def test_nan_outputs_fail_even_when_both_sides_have_them(tmp_path, checkpoint_and_bundle):
+    """A model with NaN weights gives NaN logits in PyTorch and in the bundle: that is a broken model, not parity."""
+    import torch
+
+    from edgeseq.errors import ParityError
+    from edgeseq.export import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_and_bundle[0])
+    with torch.no_grad():
+        ckpt.model.decoder.out.weight.fill_(float("nan"))
+    with pytest.raises(ParityError, match="logits max abs error inf"):
+        export_model(
+            ckpt.model,
+            tmp_path / "b",
+            source_vocab=ckpt.source_vocab,
+            target_vocab=ckpt.target_vocab,
+            options=ExportOptions(max_new_tokens=8),
+        )
+    assert not (tmp_path / "b").exists()
+    assert not np.isfinite(difference(np.array([np.nan]), np.array([np.nan]))[0])

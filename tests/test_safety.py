@@ -72,15 +72,47 @@ REFUSALS = [
     (("export", "{h}/m.safetensors", "--out", "{h}/notes.txt", "--force"), 1, "is not a directory"),
     (("export", "{h}/m.safetensors", "--out", "{h}/b"), 1, "already exists"),
     (("export", "{h}/m.safetensors", "--out", "{h}/m.safetensors/x"), 1, "is inside the input"),
-    (("generate", "{h}/b", "--input", "{h}/data.txt", "--output", "{h}/data.txt"), 1, "is the input file"),
+    (("generate", "{h}/b", "--input", "{h}/data.txt", "--output", "{h}/data.txt"), 1, "is the input"),
     (("generate", "{h}/b", "abc", "--output", "{h}/photos"), 1, "is a directory"),
     (("validate", "{h}/b", "--reference", "{h}/m.safetensors", "--json", "{h}/photos"), 1, "is a directory"),
     (("demo", "--out", "{h}/photos"), 1, "already exists"),
+    # reports and outputs never land on an input (found by a red-team run)
+    (
+        ("validate", "{h}/b", "--reference", "{h}/m.safetensors", "--json", "{h}/b/edgeseq.json"),
+        1,
+        "is inside the input",
+    ),
+    (("validate", "{h}/b", "--reference", "{h}/m.safetensors", "--json", "{h}/m.safetensors"), 1, "is the input"),
+    (
+        ("validate", "{h}/b", "--reference", "{h}/m.safetensors", "--data", "{h}/data.txt", "--json", "{h}/data.txt"),
+        1,
+        "is the input",
+    ),
+    (
+        ("bench", "{h}/b", "--new-tokens", "2", "--repeats", "1", "--json", "{h}/b/edgeseq.json"),
+        1,
+        "is inside the input",
+    ),
+    (("generate", "{h}/b", "abc", "--output", "{h}/b/edgeseq.json"), 1, "is inside the input"),
+    (("export", "{h}/m.safetensors", "--out", "{h}/out", "--data", "{h}/out/data.txt"), 1, "contains the input"),
+    (
+        ("quantize", "{h}/b", "--out", "{h}/q2", "--mode", "static-int8", "--calibration", "{h}/q2/c.txt"),
+        1,
+        "contains the input",
+    ),
 ]
+
+
+def _inputs_inside_targets(home):
+    for name in ("out", "q2"):  # data and calibration files that sit inside the --out of a run
+        (home / name).mkdir(exist_ok=True)
+    (home / "out" / "data.txt").write_text("abc\n")
+    (home / "q2" / "c.txt").write_text("abc\n")
 
 
 @pytest.mark.parametrize("args, code, message", REFUSALS, ids=[" ".join(a[:1] + a[3:5]) for a, *_ in REFUSALS])
 def test_refused_before_any_work_and_nothing_changes(home, args, code, message):
+    _inputs_inside_targets(home)
     before = tree(home)
     r = cli(*(a.format(h=home) for a in args))
     assert_refused(r, code, message)
@@ -193,3 +225,35 @@ def test_special_paths_are_one_line(home, out):
     r = cli("quantize", home / "b", "--out", out, "--mode", "int8")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert out.split("/")[1] in r.stderr
+
+
+def test_force_never_deletes_files_that_are_not_the_bundles(home):
+    cli("quantize", home / "b", "--out", home / "q", "--mode", "fp16")
+    (home / "q" / "notes.txt").write_text("mine")
+    before = tree(home)
+    r = cli("quantize", home / "b", "--out", home / "q", "--mode", "int8", "--force")
+    assert_refused(r, 1, "holds files that are not the bundle's (notes.txt)")
+    assert tree(home) == before
+
+
+def test_a_users_function_inside_the_out_bundle_is_an_input(home):
+    (home / "b" / "u.py").write_text("def f():\n    return {}\n")
+    before = tree(home)
+    r = cli("export", f"{home}/b/u.py:f", "--out", home / "b", "--force")
+    assert_refused(r, 1, "contains the input")
+    assert tree(home) == before
+
+
+@pytest.mark.parametrize("command", [("bench", "--new-tokens", "2", "--repeats", "1"), ("validate", "--no-record")])
+def test_reports_to_a_device_do_not_replace_it(home, command):
+    device = os.stat("/dev/full")
+    extra = ["--reference", home / "m.safetensors"] if command[0] == "validate" else []
+    r = cli(command[0], home / "b", *command[1:], *extra, "--json", "/dev/full")
+    assert r.returncode == 1 and "no space left on the device" in r.stderr, r.stderr
+    assert Path("/dev/full").is_char_device() and os.stat("/dev/full").st_rdev == device.st_rdev
+
+
+def test_a_demo_that_cannot_write_leaves_nothing(tmp_path):
+    r = cli("demo", "--steps", "1", "--out", tmp_path / "demo", preexec_fn=_small_files(4096))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "File too large" in r.stderr, r.stderr
+    assert not (tmp_path / "demo").exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeseq.export import ExportOptions, TorchBackend, adapter_for, export_model
+from edgeseq.export import ExportOptions, Framing, TorchBackend, adapter_for, export_model
 from edgeseq.export.parity import teacher_forced_logits
 from edgeseq.export.torch_transformer import TorchTransformerParts, from_torch_transformer
 from edgeseq.models import TransformerConfig, TransformerSeq2Seq
@@ -209,7 +209,12 @@ def test_nn_transformer_model_exports_with_a_kv_cache(tmp_path, norm_first, acti
     )
     model = from_torch_transformer(parts)
     _, report = export_model(
-        model, tmp_path / "b", source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=16)
+        model,
+        tmp_path / "b",
+        source_vocab=sv,
+        target_vocab=tv,
+        options=ExportOptions(max_new_tokens=16),
+        framing=Framing(suffix=["</s>"]),  # a user's model: its framing is declared (these sources end in </s>)
     )
     assert report.ok and all(c.max_abs < 1e-4 for c in report.outputs)
     gen = Generator(tmp_path / "b")

@@ -196,6 +196,23 @@ CASES = {
         "duplicate tokens",
     ),
     "graph swapped for another": (swapped, "do not match the manifest's graphs.encoder.inputs"),
+    "end id unlike the vocabulary's": (
+        lambda b: edit(b, lambda d: d["special_tokens"].update(eos=4)),
+        "special_tokens.eos = 4 but the target vocabulary's eos is 2",
+    ),
+    "unknown id unlike the vocabulary's": (
+        lambda b: edit(b, lambda d: d["source_framing"].update(unk=5)),
+        "source_framing.unk = 5 but the source vocabulary's unk is 3",
+    ),
+    "every token banned": (
+        lambda b: edit(b, lambda d: d.update(banned_tokens=list(range(d["target_vocab_size"])))),
+        "bans every target token",
+    ),
+    "end token banned": (lambda b: edit(b, lambda d: d.update(banned_tokens=[2])), "bans the end token (2)"),
+    "forced BOS outside the vocabulary": (
+        lambda b: edit(b, lambda d: d.update(generation={"forced_bos_token": 999})),
+        "forced_bos_token 999 is not a target token id",
+    ),
     "manifest of 20 MB": (
         lambda b: edit(b, lambda d: d.update(provenance={"pad": "x" * (20 << 20)})),
         "a manifest has at most",

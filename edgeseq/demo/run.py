@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from edgeseq.demo.dates import demo_split
 from edgeseq.demo.train import TrainOptions, encode_pairs, train
 from edgeseq.errors import EdgeseqError
 from edgeseq.export import ExportOptions, TorchBackend, adapter_for, export_model, save_checkpoint
+from edgeseq.fsutil import WriteError, describe_os_error
 from edgeseq.models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq
 from edgeseq.runtime import DecodingOptions, Generator
 from edgeseq.runtime.loop import decode
@@ -44,8 +46,15 @@ def run_demo(out: Path | None, options: DemoOptions = DemoOptions(), echo: Calla
     if out is None:
         with tempfile.TemporaryDirectory(prefix="edgeseq-demo-") as tmp:
             return _run(Path(tmp), options, echo, keep=False)
-    out.mkdir(parents=True)
-    return _run(out, options, echo, keep=True)
+    try:
+        out.mkdir(parents=True)
+    except OSError as e:
+        raise WriteError(describe_os_error(e, e.filename or out)) from None
+    try:
+        return _run(out, options, echo, keep=True)
+    except BaseException:  # nothing half-written: the directory is the demo's own, made just now
+        shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> float:

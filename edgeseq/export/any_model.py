@@ -29,10 +29,13 @@ def export_any(
     expected: Sequence[str] | None = None,
     expected_name: str = "pairs",
     progress: Callable[[str], None] = lambda msg: None,
+    inputs: Sequence[str | Path] = (),
 ) -> tuple[Path, ParityReport | None]:
     """Export MODEL (see the module docstring) to `out`. `texts` are sources to check parity on; with
-    `expected`, the outputs the user's own pipeline gives for them (the text level)."""
-    check_target(out, options.force, [model] if Path(model).exists() else [])  # before the slow part
+    `expected`, the outputs the user's own pipeline gives for them (the text level). `inputs`: the files the
+    command read (the model's file, data files), which the new bundle must not replace or sit around."""
+    inputs = list(inputs)
+    check_target(out, options.force, inputs)  # before the slow part
     if is_user_function(model):
         progress(f"running {model}")
         loaded = prepare(call_user_function(model), model)
@@ -59,6 +62,7 @@ def export_any(
             checks=checks,
             made_from={"function": model},
             progress=progress,
+            inputs=inputs,
         )
     checks = Checks(texts=texts, expected=expected, reference_name=expected_name)
     if is_hf_checkpoint(model):
@@ -75,6 +79,7 @@ def export_any(
             checks=checks,
             made_from={"checkpoint": Path(model).name, "hf_model_type": hf.family},
             progress=progress,
+            inputs=inputs,
         )
     ckpt = load_checkpoint(model)
     made: dict[str, Any] = {"checkpoint": Path(model).name, "checkpoint_sha256": file_sha256(Path(model))}
@@ -87,4 +92,5 @@ def export_any(
         checks=checks,
         made_from=made,
         progress=progress,
+        inputs=inputs,
     )

@@ -55,9 +55,11 @@ def auto_quantize(
     force: bool,
     threads: int = 2,
     progress: Callable[[str], None] = lambda msg: None,
+    inputs: Sequence[str | Path] = (),
 ) -> tuple[Trial | None, list[Trial]]:
     """Try recipes on `texts`; install the smallest within `budget` points of exact-match drop at `out`."""
-    check_target(out, force, [src])  # before any trial: never over, into or around the input
+    inputs = [src, *inputs]
+    check_target(out, force, inputs)  # before any trial: never over, into or around an input
     bundle = load_bundle(src)
     base_exact, base_tps, base_bytes = _measure(src, texts, references or [""] * len(texts), threads)
     fp32_out = [r.text for r in Generator(bundle, threads=threads).generate(list(texts))]
@@ -65,7 +67,7 @@ def auto_quantize(
     base = base_exact if references else 1.0
     trials = [Trial(Recipe.uniform("fp32"), base_bytes, base_tps, base, 0.0, True)]
     best = None
-    with building(out, force, [src]) as final:  # the target's lock is held for every trial
+    with building(out, force, inputs) as final:  # the target's lock is held for every trial
         # trials sit beside the target under its partial-name, so that a killed run is cleaned up by the next
         folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-trials-", dir=out.parent))
         try:

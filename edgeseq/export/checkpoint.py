@@ -17,6 +17,7 @@ from torch import nn
 
 from edgeseq.errors import CheckpointError, EdgeseqError
 from edgeseq.export.families import checkpoint_family, checkpoint_family_of
+from edgeseq.fsutil import WriteError
 from edgeseq.vocab import Vocab
 
 CHECKPOINT_VERSION = 1
@@ -45,8 +46,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, source_vocab: Vocab, tar
     }
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"edgeseq": json.dumps(meta)})
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata={"edgeseq": json.dumps(meta)})
+        tmp.replace(path)
+    except (SafetensorError, OSError) as e:  # a full disk, no permission: one line, no half-written file
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"cannot write checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
     return path
 
 
@@ -74,6 +79,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise TypeError("the edgeseq metadata is not a JSON object")
         config_cls, model_cls = checkpoint_family(meta["family"]).checkpoint
         names = {f.name for f in fields(config_cls)}
+        if not isinstance(meta["config"], dict):
+            raise TypeError(f"'config' must be an object, got {type(meta['config']).__name__}")
         cfg = config_cls(**{k: v for k, v in meta["config"].items() if k in names})
         vocabs = Vocab.from_json(meta["source_vocab"]), Vocab.from_json(meta["target_vocab"])
     except EdgeseqError as e:
@@ -82,8 +89,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: its edgeseq metadata is nested too deeply") from None
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: malformed edgeseq metadata ({type(e).__name__}: {str(e)[:200]})") from None
-    with torch.device("meta"):  # the config's shapes, without allocating them
-        expected = {k: tuple(v.shape) for k, v in model_cls(cfg).state_dict().items()}
+    try:
+        with torch.device("meta"):  # the config's shapes, without allocating them
+            expected = {k: tuple(v.shape) for k, v in model_cls(cfg).state_dict().items()}
+    except (AssertionError, ValueError, TypeError, RuntimeError, OverflowError) as e:  # torch's own checks
+        raise CheckpointError(f"{path}: its config cannot build a model ({type(e).__name__}: {str(e)[:200]})") from None
     if expected != shapes:
         diff = sorted(set(expected) ^ set(shapes)) or [k for k in expected if expected[k] != shapes[k]]
         raise CheckpointError(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeseq.bundle import DecoderSpec, SourceFraming
-from edgeseq.runtime.batching import pad_batch
+from edgeseq.runtime.batching import pad_batch, random_sources
 from edgeseq.runtime.loop import decode, initial_state
 from edgeseq.runtime.options import DecodingOptions
 
@@ -195,10 +195,11 @@ class ParityReport:
 
 
 def difference(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """(max abs error, scale of ref): equal infinities (and NaN against NaN) count as no error; an infinity
-    or NaN on one side only as an infinite one. The scale is the largest finite |ref|."""
+    """(max abs error, scale of ref): equal infinities (a masked -inf on both sides) count as no error; an
+    infinity on one side only, or a NaN on either side (a broken model, even if both are), as an infinite one.
+    The scale is the largest finite |ref|."""
     a, b = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    same = a == b
     diff = np.where(same, 0.0, np.abs(a - b))
     diff = np.where(np.isnan(diff), np.inf, diff)
     finite = np.abs(b[np.isfinite(b)])
@@ -367,15 +368,7 @@ def sample_sources(
 ) -> list[list[int]]:
     """Random sources of mixed lengths for models without data: regular ids (none of `special`, nor the
     framing's own ids), framed as the model was trained (prefix + ids + suffix)."""
-    framing = framing or SourceFraming()
-    avoid = {*special, *framing.prefix, *framing.suffix, framing.pad, framing.unk}
-    regular = np.array([i for i in range(min(vocab_size, 1 << 20)) if i not in avoid], dtype=np.int64)
-    if not len(regular):
-        regular = np.arange(vocab_size)
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, max_len, size=count)
-    lengths[0] = max_len - 1  # one source at full length, so the batch really is padded
-    return [framing.frame([int(i) for i in rng.choice(regular, size=n)]) for n in lengths]
+    return random_sources(vocab_size, count, max_len=max_len, seed=seed, framing=framing, special=special)
 
 
 def check_parity(

@@ -320,6 +320,7 @@ def export_model(
     generation: dict[str, Any] | None = None,
     banned_tokens: Sequence[int] = (),
     progress: Callable[[str], None] = lambda msg: None,
+    inputs: Sequence[str | Path] = (),
 ) -> tuple[Path, ParityReport | None]:
     """Export `model` to a bundle at `out_dir`; returns the path and the parity report.
 
@@ -327,16 +328,17 @@ def export_model(
     `tokenizer`. `framing` declares the tokens the model saw around each source in training (needed unless
     the tokenizer adds them itself or the model is one of edgeseq's own); `unknown` says what a source piece
     the vocabulary lacks becomes ("map": the vocabulary's <unk>; "refuse"). `checks` gives data and the
-    user's own pipeline for parity (random sources when none are given).
+    user's own pipeline for parity (random sources when none are given). `inputs` are files the new bundle
+    must not replace or sit around (the model's file, data files).
     """
-    out = check_target(out_dir, options.force)  # before the slow part
+    out = check_target(out_dir, options.force, inputs)  # before the slow part
     if tokenizer is None:
         if source_vocab is None or target_vocab is None:
             raise OptionsError("give source_vocab and target_vocab, or a tokenizer")
         tokenizer = VocabExport(source_vocab, target_vocab)
     checks = checks or Checks(sources=parity_sources)
     plan = plan_export(model, tokenizer, options, framing, unknown)
-    with building(out, options.force) as tmp:
+    with building(out, options.force, inputs) as tmp:
         specs, decoder, made = write_graphs(
             plan.adapter, tmp, plan.options.opset, plan.options.simplify, plan.options.greedy_head, progress
         )

@@ -201,13 +201,16 @@ def quantize_bundle(
     calibration: Sequence[str] | None = None,
     force: bool = False,
     progress: Callable[[str], None] = lambda msg: None,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
-    """Write a quantized copy of bundle `src` at `out` (built beside it, moved into place when whole)."""
+    """Write a quantized copy of bundle `src` at `out` (built beside it, moved into place when whole).
+    `inputs`: other files read (calibration, recipe), which the new bundle must not replace or sit around."""
     src, out = Path(src), Path(out)
-    check_target(out, force, [src])  # before any work: never over, into or around the input
+    inputs = [src, *inputs]
+    check_target(out, force, inputs)  # before any work: never over, into or around an input
     bundle = load_bundle(src)
     feeds = calibration_feeds(bundle, recipe, calibration, progress)
-    with building(out, force, [src]) as tmp:
+    with building(out, force, inputs) as tmp:
         quantize_into(bundle, tmp, recipe, feeds, progress)
     return out
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from edgeseq.errors import OptionsError
+from edgeseq.models.limits import special_id_problems
 
 CELLS = ("lstm", "gru")
 ATTENTIONS = ("none", "bahdanau", "luong-dot", "luong-general")
@@ -50,6 +51,7 @@ class RNNConfig:
             problems.append(f"hidden must be even for a bidirectional encoder, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        problems += special_id_problems(self)
         if problems:
             raise OptionsError("invalid RNNConfig: " + "; ".join(problems))
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseq.errors import OptionsError
+from edgeseq.models.limits import special_id_problems
 
 NORMS, POSITIONS, ACTIVATIONS = ("pre", "post"), ("sinusoidal", "learned"), ("relu", "gelu")
 
@@ -71,6 +72,8 @@ class TransformerConfig:
             p.append("share_embeddings needs src_vocab_size == tgt_vocab_size")
         if not 0.0 <= self.dropout < 1.0:
             p.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not p:
+            p += special_id_problems(self)
         if p:
             raise OptionsError("invalid TransformerConfig: " + "; ".join(p))
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgeseq.bundle import SourceFraming
 from edgeseq.errors import InputError
 
 
@@ -23,3 +24,30 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, n
         ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
     return ids, mask
+
+
+def random_sources(
+    vocab_size: int,
+    count: int,
+    length: int | None = None,
+    max_len: int = 12,
+    seed: int = 0,
+    framing: SourceFraming | None = None,
+    special: Sequence[int] = (),
+) -> list[list[int]]:
+    """Random sources for checks and benchmarks without data: ids that are none of `special` nor the framing's
+    own, framed as the model was trained. `length` tokens each (framing included), or mixed lengths below
+    `max_len` (the first at full length, so that a batch of them really is padded)."""
+    framing = framing or SourceFraming()
+    avoid = {*special, *framing.prefix, *framing.suffix, framing.pad, framing.unk}
+    regular = np.array([i for i in range(min(vocab_size, 1 << 20)) if i not in avoid], dtype=np.int64)
+    if not len(regular):  # a vocabulary of special tokens only
+        regular = np.arange(vocab_size, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    framed = len(framing.prefix) + len(framing.suffix)
+    if length is not None:
+        lengths = np.full(count, max(1, length - framed))
+    else:
+        lengths = rng.integers(1, max_len, size=count)
+        lengths[0] = max_len - 1
+    return [framing.frame([int(i) for i in rng.choice(regular, size=n)]) for n in lengths]

@@ -38,6 +38,10 @@ class Bundle:
         """Source text -> the encoder's input ids, framed as the model was trained (prefix + pieces + suffix)."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("empty source text: give at least one character")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8 (e.g. from a command line)
+            raise InputError(f"source text {text!r} is not valid UTF-8 text") from None
         return self.manifest.source_framing.frame(self.tokenizer.encode(text))
 
 
@@ -84,6 +88,8 @@ def _load(root: Path, manifest: Manifest, verify_checksums: bool) -> Bundle:
         prefix, suffix = tokenizer.framing() if isinstance(tokenizer, HFTokenizer) else ([], [])
         framing = SourceFraming(tuple(prefix), tuple(suffix), manifest.special_tokens.get("pad", 0))
         manifest = dataclasses.replace(manifest, source_framing=framing)
+    if isinstance(tokenizer, VocabTokenizer):
+        _check_specials(root, manifest, tokenizer)
     for side, size, have in (
         ("source", manifest.source_vocab_size, tokenizer.source_size),
         ("target", manifest.target_vocab_size, tokenizer.target_size),
@@ -91,6 +97,22 @@ def _load(root: Path, manifest: Manifest, verify_checksums: bool) -> Bundle:
         if have > size:
             raise BundleError(f"{root}: the {side} tokenizer has {have} tokens but {side}_vocab_size is {size}")
     return Bundle(root, manifest, tokenizer)
+
+
+def _check_specials(root: Path, m: Manifest, tokenizer: VocabTokenizer) -> None:
+    """The ids the manifest gives special roles must be the ones its vocabularies give them: otherwise decoding
+    stops at the wrong token, or the text shows one token for another."""
+    named = tokenizer.target.specials or {}
+    wrong = [
+        f"special_tokens.{role} = {m.special_tokens[role]} but the target vocabulary's {role} is {named[role]}"
+        for role in ("eos", "pad", "bos")
+        if role in m.special_tokens and role in named and m.special_tokens[role] != named[role]
+    ]
+    unk = tokenizer.source.unk_id
+    if m.source_framing.unk is not None and unk is not None and m.source_framing.unk != unk:
+        wrong.append(f"source_framing.unk = {m.source_framing.unk} but the source vocabulary's unk is {unk}")
+    if wrong:
+        raise BundleError(f"{root}: " + "; ".join(wrong))
 
 
 def _inside(root: Path, name: str, field: str) -> Path:

@@ -155,7 +155,7 @@ class Generator:
         """The bundle's decoding defaults (its manifest's `generation`, and max_new_tokens)."""
         m = self.bundle.manifest
         try:
-            return DecodingOptions(**{"max_new_tokens": m.max_new_tokens, **m.generation})
+            return self._check_options(DecodingOptions(**{"max_new_tokens": m.max_new_tokens, **m.generation}))
         except (TypeError, EdgeseqError) as e:
             raise BundleError(f"{self.bundle.path}: invalid generation defaults in the manifest: {e}") from None
 
@@ -260,4 +260,10 @@ class Generator:
             )
         if options.return_alignments and not m.decoder.alignment_output:
             raise OptionsError(f"this {m.family} bundle's decoder step does not expose attention weights")
+        if options.forced_bos_token is not None and options.forced_bos_token >= m.target_vocab_size:
+            raise OptionsError(
+                f"forced_bos_token {options.forced_bos_token} is not a target token id (0..{m.target_vocab_size - 1})"
+            )
+        if options.min_new_tokens and len(set(m.banned_tokens) | {m.special_tokens["eos"]}) >= m.target_vocab_size:
+            raise OptionsError("min_new_tokens: every token but </s> is banned, so nothing can be generated before it")
         return options

@@ -14,6 +14,12 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     """(rows, V) -> (rows, V) log-probabilities, in float32."""
     x = x.astype(np.float32, copy=False)
     m = x.max(axis=-1, keepdims=True)
+    if not np.isfinite(m).all():  # a row with every token -inf stays -inf (not NaN)
+        alive = np.isfinite(m)
+        m = np.where(alive, m, np.float32(0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lse = m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+            return np.where(alive, x - lse, np.float32(-np.inf)).astype(np.float32)
     return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
 
 

@@ -139,6 +139,10 @@ class TokenByToken(_Search):
             scores = logits if logits.dtype == np.float32 else logits.astype(np.float32)
         # log-probability of the chosen tokens: score - logsumexp(scores), without a (rows, V) log_softmax
         top = scores.max(axis=-1, keepdims=True)
+        dead = ~np.isfinite(top[:, 0])  # every token -inf (bans, no-repeat n-grams exhausted it): the row ends
+        if dead.any():
+            scores = np.where(dead[:, None], 0.0, scores).astype(np.float32)
+            top = np.where(dead[:, None], 0.0, top)
         lse = np.log(np.exp(scores - top).sum(axis=-1))  # logsumexp(scores) - top
         if o.sample:
             chosen = sample(warp(scores, o), [self.generators[i] for i in self.active])
@@ -146,7 +150,14 @@ class TokenByToken(_Search):
         else:
             chosen = scores.argmax(axis=-1)
             gained = -lse  # the greedy choice is the maximum: its log-probability is -lse
-        return self._advance(chosen, gained, alignment)
+        return self._advance(*self._end_dead(chosen, gained, dead), alignment)
+
+    def _end_dead(self, chosen: np.ndarray, gained: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows with no allowed token end with </s> and a score of -inf (probability 0 under the constraints)."""
+        if dead.any():
+            chosen = np.where(dead, self.eos, chosen)
+            gained = np.where(dead, -np.inf, gained)
+        return chosen, gained
 
     def head_bias(self, step: int, vocab: int) -> np.ndarray | None:
         """Greedy with bans and a minimum length only: the head's argmax of logits + bias is our choice."""
@@ -163,7 +174,8 @@ class TokenByToken(_Search):
     def update_chosen(
         self, tokens: np.ndarray, logprobs: np.ndarray, step: int, alignment: np.ndarray | None
     ) -> np.ndarray | None:
-        return self._advance(tokens, logprobs, alignment)
+        logprobs = np.asarray(logprobs)
+        return self._advance(*self._end_dead(np.asarray(tokens), logprobs, ~np.isfinite(logprobs)), alignment)
 
     def _advance(self, chosen: np.ndarray, gained: np.ndarray, alignment: np.ndarray | None) -> np.ndarray | None:
         """Append each row's token and score; rows that chose </s> leave the batch."""
