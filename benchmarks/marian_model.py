@@ -12,8 +12,14 @@ from pathlib import Path
 VOCAB, D, LAYERS, HEADS, FFN = 58101, 512, 6, 8, 2048
 
 
-def make_model(folder: Path) -> None:
-    """An HF Marian folder with opus-mt-en-de's shape and random weights (tokenizer: tiny spm, full vocab)."""
+SMALL = {"vocab_size": 8000, "d": 256, "layers": 3, "heads": 4, "ffn": 1024}  # the file workload's model
+
+
+def make_model(
+    folder: Path, vocab_size: int = VOCAB, d: int = D, layers: int = LAYERS, heads: int = HEADS, ffn: int = FFN
+) -> None:
+    """An HF Marian folder with random weights, opus-mt-en-de's shape by default (tokenizer: tiny spm,
+    padded out to the full vocabulary)."""
     import sentencepiece as spm
     import torch
     from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
@@ -34,9 +40,9 @@ def make_model(folder: Path) -> None:
     vocab = {"</s>": 0, "<unk>": 1}
     for i in range(sp.get_piece_size()):
         vocab.setdefault(sp.id_to_piece(i), len(vocab))
-    while len(vocab) < VOCAB - 1:
+    while len(vocab) < vocab_size - 1:
         vocab[f"\u2581w{len(vocab)}"] = len(vocab)
-    vocab["<pad>"] = VOCAB - 1
+    vocab["<pad>"] = vocab_size - 1
     (folder / "vocab.json").write_text(json.dumps(vocab))
     for name in ("source.spm", "target.spm"):
         (folder / name).write_bytes((folder / "spm.model").read_bytes())
@@ -44,23 +50,23 @@ def make_model(folder: Path) -> None:
         folder
     )
     config = MarianConfig(
-        vocab_size=VOCAB,
-        d_model=D,
-        encoder_layers=LAYERS,
-        decoder_layers=LAYERS,
-        encoder_attention_heads=HEADS,
-        decoder_attention_heads=HEADS,
-        encoder_ffn_dim=FFN,
-        decoder_ffn_dim=FFN,
+        vocab_size=vocab_size,
+        d_model=d,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
         max_position_embeddings=512,
-        pad_token_id=VOCAB - 1,
+        pad_token_id=vocab_size - 1,
         eos_token_id=0,
-        decoder_start_token_id=VOCAB - 1,
+        decoder_start_token_id=vocab_size - 1,
         activation_function="swish",
     )
     torch.manual_seed(0)
     model = MarianMTModel(config).eval()
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=VOCAB - 1, eos_token_id=0, pad_token_id=VOCAB - 1, max_length=512
+        decoder_start_token_id=vocab_size - 1, eos_token_id=0, pad_token_id=vocab_size - 1, max_length=512
     )
     model.save_pretrained(folder)

@@ -10,6 +10,11 @@ as far as trained ones):
     marian-greedy   Marian, batch 1, greedy, a 24-token source, 64 tokens
     marian-beam     Marian, batch 16, beam 4, 24-token sources, 64 tokens
     lstm-greedy     demo attention-LSTM, batch 1, greedy, a 24-token source, 64 tokens
+    file-greedy     a file of 10,000 sentences of 4-60 tokens (mixed, shuffled), a small Marian (d_model 256,
+                    3+3 layers, vocabulary 8000), greedy, 32 tokens each, the whole process: `edgeseq generate
+                    --input F --output O` against CTranslate2 `translate_batch` over the same list with its
+                    own batching (batch_type="tokens", --ct2-batch-tokens), text read and written by both
+    file-beam       the same file, beam 4
 
 Engines: edgeseq fp32 and dynamic-int8 (the runtime: numpy + onnxruntime), PyTorch eager (`generate()` for
 Marian, the model's own greedy loop for the LSTM), CTranslate2 float32 / int8 when it is installed, Optimum
@@ -35,7 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from marian_model import make_model
+from marian_model import SMALL, make_model
 
 SOURCE_LEN, NEW_TOKENS = 24, 64
 WORKLOADS = {  # name: (model, batch, beam)
@@ -43,6 +48,8 @@ WORKLOADS = {  # name: (model, batch, beam)
     "marian-beam": ("marian", 16, 4),
     "lstm-greedy": ("lstm", 1, 1),
 }
+FILE_WORKLOADS = {"file-greedy": 1, "file-beam": 4}  # name: beam
+FILE_LINES, FILE_TOKENS = 10_000, 32
 
 
 def sources(workload: str, vocab_ids: tuple[int, int] = (2, 28), eos: int = 0) -> list[list[int]]:
@@ -176,6 +183,73 @@ def engine_optimum(work: Path, threads: int, workload: str) -> dict:
     return {**measure(run, 3), "load_s": load, "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
 
 
+def file_sentences(work: Path, lines: int) -> Path:
+    """`lines` sentences of 4-60 source tokens each (uniform, shuffled), words of the small Marian's corpus."""
+    import sentencepiece as spm
+
+    path = work / f"file-{lines}.txt"
+    if path.exists():
+        return path
+    sp = spm.SentencePieceProcessor(model_file=str(work / "hf-small" / "source.spm"))
+    words = sorted(set((work / "hf-small" / "corpus.txt").read_text().split()))
+    rng = np.random.default_rng(1)
+    out = []
+    for target in rng.integers(4, 61, size=lines):
+        sentence: list[str] = []
+        while len(sp.encode(" ".join(sentence))) < target:
+            sentence.append(str(rng.choice(words)))
+        out.append(" ".join(sentence))
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def engine_edgeseq_file(work: Path, threads: int, workload: str, bundle: str, lines: int, ct2_tokens: int) -> dict:
+    """`edgeseq generate --input F --output O`, the CLI itself, in this process (its peak RSS is the CLI's)."""
+    from edgeseq.cli import main as cli
+
+    beam = FILE_WORKLOADS[workload]
+    source, target = file_sentences(work, lines), work / f"out-{bundle}-{workload}.txt"
+    args = ["generate", str(work / bundle), "--input", str(source), "--output", str(target), "--beam", str(beam)]
+    args += ["--max-new-tokens", str(FILE_TOKENS), "--min-new-tokens", str(FILE_TOKENS), "--threads", str(threads)]
+    t = time.perf_counter()
+    try:
+        cli(args)
+    except SystemExit as e:
+        if e.code:
+            raise
+    return {"seconds": time.perf_counter() - t, "output": str(target)}
+
+
+def engine_ctranslate2_file(
+    work: Path, threads: int, workload: str, compute_type: str, lines: int, ct2_tokens: int
+) -> dict:
+    """CTranslate2 over the same file: read, tokenize (the same SentencePiece model), translate_batch with its
+    own token batching, detokenize, write."""
+    import ctranslate2
+    import sentencepiece as spm
+
+    t = time.perf_counter()
+    model_dir = work / f"ct2-small-{compute_type}"
+    translator = ctranslate2.Translator(
+        str(model_dir), device="cpu", intra_threads=threads, inter_threads=1, compute_type=compute_type
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(work / "hf-small" / "source.spm"))
+    text = file_sentences(work, lines).read_text().splitlines()
+    batch = [sp.encode(line, out_type=str) for line in text]  # (CTranslate2 appends </s> itself)
+    results = translator.translate_batch(
+        batch,
+        beam_size=FILE_WORKLOADS[workload],
+        max_batch_size=ct2_tokens,
+        batch_type="tokens",
+        max_decoding_length=FILE_TOKENS,
+        min_decoding_length=FILE_TOKENS,
+    )
+    target = work / f"out-ct2-{compute_type}-{workload}.txt"
+    # as the Marian tokenizer detokenizes (pieces joined, word marks to spaces)
+    target.write_text("".join("".join(r.hypotheses[0]).replace("\u2581", " ").strip() + "\n" for r in results))
+    return {"seconds": time.perf_counter() - t, "output": str(target)}
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS (VmHWM; unlike ru_maxrss it does not carry the parent's over exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -239,25 +313,46 @@ def engines_for(workload: str, work: Path, optimum_python: str | None) -> list[t
     return engines
 
 
+def file_engines(work: Path) -> list[tuple[str, str]]:
+    engines = [("edgeseq fp32", "edgeseq_file:edgeseq-small-fp32"), ("edgeseq int8", "edgeseq_file:edgeseq-small-int8")]
+    try:
+        import ctranslate2
+
+        for compute_type, label in (("float32", "fp32"), ("int8", "int8")):
+            model_dir = work / f"ct2-small-{compute_type}"
+            if not model_dir.exists():
+                ctranslate2.converters.TransformersConverter(str(work / "hf-small")).convert(
+                    str(model_dir), quantization=compute_type
+                )
+            engines.append((f"ctranslate2 {label}", f"ctranslate2_file:{compute_type}"))
+    except ImportError:
+        print("ctranslate2 is not installed: skipped", file=sys.stderr)
+    return engines
+
+
+def make_bundles(hf: Path, fp32: Path, int8: Path) -> None:
+    """`edgeseq export` the HF folder and `edgeseq quantize` it, once."""
+    for bundle, cmd in (
+        (fp32, ["export", str(hf), "--out", str(fp32), "--max-new-tokens", "8"]),
+        (int8, ["quantize", str(fp32), "--out", str(int8), "--mode", "dynamic-int8"]),
+    ):
+        if not bundle.exists():
+            print(f"making {bundle.name} ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "edgeseq", *cmd], check=True, stdout=subprocess.DEVNULL)
+
+
 def prepare(work: Path, workloads: list[str]) -> None:
-    """Build what the workloads need, once: the Marian folder and its bundles, the trained demo model."""
+    """Build what the workloads need, once: the Marian folders and their bundles, the trained demo model."""
     if any(w.startswith("marian") for w in workloads):
         if not (work / "hf" / "model.safetensors").exists():
             print("building the random opus-mt-en-de-shaped Marian model ...", file=sys.stderr)
             make_model(work / "hf")
-        for bundle, cmd in (
-            (
-                "edgeseq-fp32",
-                ["export", str(work / "hf"), "--out", str(work / "edgeseq-fp32"), "--max-new-tokens", "8"],
-            ),
-            (
-                "edgeseq-int8",
-                ["quantize", str(work / "edgeseq-fp32"), "--out", str(work / "edgeseq-int8"), "--mode", "dynamic-int8"],
-            ),
-        ):
-            if not (work / bundle).exists():
-                print(f"making {bundle} ...", file=sys.stderr)
-                subprocess.run([sys.executable, "-m", "edgeseq", *cmd], check=True, stdout=subprocess.DEVNULL)
+        make_bundles(work / "hf", work / "edgeseq-fp32", work / "edgeseq-int8")
+    if any(w in FILE_WORKLOADS for w in workloads):
+        if not (work / "hf-small" / "model.safetensors").exists():
+            print("building the small random Marian model ...", file=sys.stderr)
+            make_model(work / "hf-small", **SMALL)
+        make_bundles(work / "hf-small", work / "edgeseq-small-fp32", work / "edgeseq-small-int8")
     if any(w.startswith("lstm") for w in workloads) and not (work / "demo").exists():
         print("training the demo attention-LSTM (edgeseq demo) ...", file=sys.stderr)
         subprocess.run(
@@ -305,11 +400,60 @@ def report(workload: str, results: dict, threads: int, bandwidth: float, work: P
             )
 
 
+FILE_RATIOS = (("edgeseq fp32", "ctranslate2 fp32"), ("edgeseq int8", "ctranslate2 int8"))
+
+
+def same_lines(a: str, b: str) -> float:
+    """The share of lines two output files have equal."""
+    x, y = Path(a).read_text().splitlines(), Path(b).read_text().splitlines()
+    return sum(p == q for p, q in zip(x, y)) / max(len(x), len(y), 1)
+
+
+def file_report(workload: str, results: dict, threads: int, lines: int) -> None:
+    print(
+        f"\n{workload}: small Marian, a file of {lines} sentences (4-60 tokens), beam {FILE_WORKLOADS[workload]}, "
+        f"{FILE_TOKENS} tokens each, whole process, {threads} threads"
+    )
+    print(f"{'engine':<18}{'tokens/s':>10}{'lines/s':>9}{'seconds':>9}{'RSS MB':>8}")
+    for label, r in results.items():
+        print(
+            f"{label:<18}{r['tokens_per_s']:>10.0f}{r['lines_per_s']:>9.1f}{r['seconds']:>9.2f}{r['peak_rss_mb']:>8.0f}"
+        )
+    for a, b in FILE_RATIOS:
+        if a in results and b in results:
+            ra, rb = results[a], results[b]
+            same = same_lines(ra["output"], rb["output"])
+            print(
+                f"{a} / {b}: tokens/s {ra['tokens_per_s'] / rb['tokens_per_s']:.2f}x, "
+                f"peak RSS {ra['peak_rss_mb'] / rb['peak_rss_mb']:.2f}x; {100 * same:.1f}% of lines identical"
+            )
+
+
 def markdown(data: dict) -> str:
     """The figures of a --json file as Markdown tables (for the README)."""
     out = []
     for workload, results in data.items():
         if workload == "bandwidth_gbs":
+            continue
+        if workload in FILE_WORKLOADS:
+            out.append(
+                f"**{workload}**: small Marian, {FILE_LINES} sentences of 4-60 tokens, beam {FILE_WORKLOADS[workload]},"
+                f" {FILE_TOKENS} tokens each, whole process\n"
+            )
+            out.append("| engine | tokens/s | lines/s | seconds | peak RSS MB |")
+            out.append("|---|---|---|---|---|")
+            for label, r in results.items():
+                out.append(
+                    f"| {label} | {r['tokens_per_s']:.0f} | {r['lines_per_s']:.1f} | {r['seconds']:.2f} "
+                    f"| {r['peak_rss_mb']:.0f} |"
+                )
+            ratios = [
+                f"{a} / {b}: {results[a]['tokens_per_s'] / results[b]['tokens_per_s']:.2f}x tokens/s, "
+                f"{results[a]['peak_rss_mb'] / results[b]['peak_rss_mb']:.2f}x peak RSS"
+                for a, b in FILE_RATIOS
+                if a in results and b in results
+            ]
+            out.append("\n" + "; ".join(ratios) + ".\n")
             continue
         model, batch, beam = WORKLOADS[workload]
         search = "greedy" if beam == 1 else f"beam {beam}"
@@ -339,7 +483,9 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/edgeseq-speed-bench")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--optimum-python", help="an interpreter with optimum-onnx installed")
-    p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    p.add_argument("--workload", choices=[*WORKLOADS, *FILE_WORKLOADS, "all"], default="all")
+    p.add_argument("--lines", type=int, default=FILE_LINES, help="sentences in the file workloads' file")
+    p.add_argument("--ct2-batch-tokens", type=int, default=2048, help="CTranslate2's max_batch_size (tokens)")
     p.add_argument("--json", help="also write every figure to this file")
     p.add_argument("--markdown", metavar="JSON", help="print the figures of a --json file as Markdown, and exit")
     p.add_argument("--engine", help=argparse.SUPPRESS)
@@ -350,6 +496,12 @@ def main() -> None:
         return
     if args.engine:  # one engine in this process
         name, *rest = args.engine.split(":")
+        if args.workload in FILE_WORKLOADS:
+            fn = {"edgeseq_file": engine_edgeseq_file, "ctranslate2_file": engine_ctranslate2_file}[name]
+            result = fn(work, args.threads, args.workload, *rest, args.lines, args.ct2_batch_tokens)
+            result.update(peak_rss_mb=peak_rss_mb())
+            print(json.dumps(result))
+            return
         fn = {
             "edgeseq": engine_edgeseq,
             "pytorch": engine_pytorch,
@@ -363,12 +515,35 @@ def main() -> None:
             result["bundle"] = rest[0]
         print(json.dumps(result))
         return
-    workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    workloads = [*WORKLOADS, *FILE_WORKLOADS] if args.workload == "all" else [args.workload]
     prepare(work, workloads)
     bandwidth = read_bandwidth_gbs(args.threads)
     everything = {}
     for workload in workloads:
         results = {}
+        if workload in FILE_WORKLOADS:
+            file_sentences(work, args.lines)
+            for label, engine in file_engines(work):
+                cmd = [sys.executable, __file__, "--work", str(work), "--threads", str(args.threads)]
+                cmd += ["--workload", workload, "--engine", engine, "--lines", str(args.lines)]
+                cmd += ["--ct2-batch-tokens", str(args.ct2_batch_tokens)]
+                t = time.perf_counter()
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                seconds = time.perf_counter() - t  # the whole process: start-up, loading, reading, writing
+                if out.returncode != 0:
+                    err = out.stderr.strip().splitlines()
+                    print(f"{workload} {label}: failed: {err[-1] if err else out.returncode}", file=sys.stderr)
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r.update(
+                    seconds=seconds,
+                    lines_per_s=args.lines / seconds,
+                    tokens_per_s=args.lines * FILE_TOKENS / seconds,
+                )
+                results[label] = r
+            file_report(workload, results, args.threads, args.lines)
+            everything[workload] = results
+            continue
         for label, engine, python in engines_for(workload, work, args.optimum_python):
             cmd = [
                 python,

@@ -40,6 +40,7 @@ class _Timed:
         self.backend = backend
         self.graphs, self.step_graph, self.special_tokens = backend.graphs, backend.step_graph, backend.special_tokens
         self.source_pad, self.masked_padding = backend.source_pad, backend.masked_padding
+        self.offers = backend.offers
         self.steps: list[float] = []
         self.context_s = 0.0
 
@@ -49,11 +50,14 @@ class _Timed:
         self.context_s = time.perf_counter() - t
         return out
 
-    def step(self, feeds):
+    def step(self, feeds, request=None):
         t = time.perf_counter()
-        out = self.backend.step(feeds)
+        out = self.backend.step(feeds, request)
         self.steps.append(time.perf_counter() - t)
         return out
+
+    def chosen(self, out):
+        return self.backend.chosen(out)
 
 
 def bundle_sources(m, count: int, length: int, seed: int = 0) -> list[list[int]]:

@@ -86,6 +86,24 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """The step graph's head (export/head.py): input and output names.
+
+    mode () int64 (0: nothing, 1: greedy, 2: beam); bias (V,) float32; beam_scores (sources, beams) float32;
+    scores (A, k) float32 and ids (A, k) int64: greedy (rows, 1), beam (sources, 2 * beams).
+    """
+
+    mode: str
+    bias: str
+    beam_scores: str
+    scores: str
+    ids: str
+
+    def names(self) -> tuple[str, ...]:
+        return (self.mode, self.bias, self.beam_scores, self.scores, self.ids)
+
+
+@dataclass(frozen=True)
 class DecoderSpec:
     """How the generic loop drives decoder_step.onnx: which inputs are tokens/step, which are states."""
 
@@ -94,20 +112,24 @@ class DecoderSpec:
     states: tuple[StateSpec, ...]
     step_input: str | None = None  # () int64: index of the token being generated, for positions
     alignment_output: str | None = None  # (batch, src_len): attention weights of this step
-    # The greedy head (export/head.py), when the step graph has one: the loop feeds a (vocab,) additive
-    # bias (banned tokens, </s> before the minimum length) and reads the argmax token and its log-probability
-    # instead of the logits.
+    head: HeadSpec | None = None  # what the step computes from its logits (export/head.py)
+    # Bundles made before the head had modes: a greedy-only head, bias (V,) in, (rows,) token and
+    # log-probability out. Still read and used.
     head_bias_input: str | None = None
     head_token_output: str | None = None
     head_logprob_output: str | None = None
 
-    @property
-    def has_head(self) -> bool:
-        return self.head_bias_input is not None
+    def head_names(self) -> tuple[str, ...]:
+        """Every input and output name of the head (either kind)."""
+        legacy = (self.head_bias_input, self.head_token_output, self.head_logprob_output)
+        return (self.head.names() if self.head else ()) + tuple(n for n in legacy if n)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["states"] = [s.to_json() for s in self.states]
+        for legacy in ("head_bias_input", "head_token_output", "head_logprob_output"):
+            if d[legacy] is None:
+                del d[legacy]
         return d
 
 
@@ -206,7 +228,7 @@ def wiring_problems(graphs: dict[str, GraphSpec], decoder: DecoderSpec) -> list[
         if name not in graphs:
             continue
         feeds = available | (
-            {decoder.tokens_input, decoder.step_input, decoder.head_bias_input} | {s.input for s in decoder.states}
+            {decoder.tokens_input, decoder.step_input, *decoder.head_names()} | {s.input for s in decoder.states}
             if name == "decoder_step"
             else set()
         )

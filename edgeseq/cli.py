@@ -126,7 +126,11 @@ def decoding_flags(f):
 @click.option("--input", "input_file", help="Read sources from this file, one per line ('-': standard input).")
 @click.option("--output", help="Write the translations to this file, whole when done (default, or '-': stdout).")
 @decoding_flags
-@click.option("--batch-tokens", type=int, help="Decoder tokens per batch (sources x beams x longest source; 6144).")
+@click.option(
+    "--batch-tokens",
+    type=int,
+    help="Tokens per batch: sources x beams x (longest source + max new tokens); 8192.",
+)
 @click.option(
     "--on-error",
     type=click.Choice(["stop", "skip"]),
@@ -157,7 +161,7 @@ def generate(
 ) -> None:
     """Translate TEXTS (or --input FILE, '-' for stdin) with BUNDLE: one output line per source, in input
     order, written as batches finish. Memory does not grow with the input: lines are read a window at a time,
-    sorted by length and decoded in batches of at most --batch-tokens decoder tokens."""
+    sorted by length and decoded in batches of at most --batch-tokens tokens."""
     from edgeseq.cli_output import Output, Progress, write_results
     from edgeseq.runtime import Generator, load_bundle
     from edgeseq.runtime.lines import Batching

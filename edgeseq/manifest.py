@@ -20,6 +20,7 @@ from edgeseq.bundle import (
     REQUIRED_GRAPHS,
     DecoderSpec,
     GraphSpec,
+    HeadSpec,
     Manifest,
     SourceFraming,
     StateSpec,
@@ -108,10 +109,17 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
     states = tuple(
         _state(r, s, f"decoder.states[{i}]") for i, s in enumerate(r.get(dec, "states", list, [], "decoder."))
     )
+    head_raw = r.get(dec, "head", (dict, type(None)), None, "decoder.")
+    head = None
+    if head_raw is not None:
+        head = HeadSpec(
+            **{k: r.name(head_raw, k, "decoder.head.") for k in ("mode", "bias", "beam_scores", "scores", "ids")}
+        )
     decoder = DecoderSpec(
         tokens_input=r.name(dec, "tokens_input", "decoder."),
         logits_output=r.name(dec, "logits_output", "decoder."),
         states=states,
+        head=head,
         **{
             k: r.name(dec, k, "decoder.", optional=True)
             for k in ("step_input", "alignment_output", "head_bias_input", "head_token_output", "head_logprob_output")
@@ -362,12 +370,28 @@ def _check_references(m: Manifest, where: str) -> None:
         problems.append(f"decoder.logits_output {d.logits_output!r} must be a (batch, vocab) float output")
     if d.alignment_output and d.alignment_output not in step_out:
         problems.append(f"decoder.alignment_output {d.alignment_output!r} is not an output of decoder_step")
-    head = (d.head_bias_input, d.head_token_output, d.head_logprob_output)
-    if any(head):
-        if not (head[0] in step_in and head[1] in step_out and head[2] in step_out):
-            problems.append(f"decoder.head_* {list(head)} must name an input and two outputs of decoder_step, or none")
-        elif step_in[head[0]].shape != (m.target_vocab_size,):
-            problems.append(f"decoder.head_bias_input {head[0]!r} must have shape [{m.target_vocab_size}]")
+    legacy = (d.head_bias_input, d.head_token_output, d.head_logprob_output)
+    if any(legacy):
+        if not (legacy[0] in step_in and legacy[1] in step_out and legacy[2] in step_out):
+            problems.append(
+                f"decoder.head_* {list(legacy)} must name an input and two outputs of decoder_step, or none"
+            )
+        elif step_in[legacy[0]].shape != (m.target_vocab_size,):
+            problems.append(f"decoder.head_bias_input {legacy[0]!r} must have shape [{m.target_vocab_size}]")
+    if d.head is not None:
+        h = d.head
+        wanted = [
+            (h.mode, step_in, ()),
+            (h.bias, step_in, (m.target_vocab_size,)),
+            (h.beam_scores, step_in, 2),
+            (h.scores, step_out, 2),
+            (h.ids, step_out, 2),
+        ]
+        for name, table, shape in wanted:
+            if name not in table:
+                problems.append(f"decoder.head: {name!r} is not a tensor of decoder_step")
+            elif (len(table[name].shape) != shape) if isinstance(shape, int) else (table[name].shape != shape):
+                problems.append(f"decoder.head: {name!r} has shape {list(table[name].shape)}")
     if d.step_input and d.step_input not in step_in:
         problems.append(f"decoder.step_input {d.step_input!r} is not an input of decoder_step")
     for i, s in enumerate(d.states):

@@ -75,8 +75,8 @@ def test_states_context_and_logits_stay_bound_only_chosen_tokens_come_back(trans
     seen = []
     run = backend.step
 
-    def step(feeds):
-        out = run(feeds)
+    def step(feeds, request=None):
+        out = run(feeds, request)
         seen.append((feeds, out))
         return out
 
@@ -88,8 +88,8 @@ def test_states_context_and_logits_stay_bound_only_chosen_tokens_come_back(trans
     for feeds, _ in seen[1:]:
         assert all(isinstance(feeds[s.input], DeviceTensor) for s in spec.states)  # the last step's outputs
     for _, out in seen:  # greedy reads the head's choice: the logits stay on the device too
-        assert isinstance(out[spec.head_token_output], np.ndarray)
-        assert isinstance(out[spec.head_logprob_output], np.ndarray)
+        assert isinstance(out[spec.head.ids], np.ndarray) and out[spec.head.ids].shape == (2, 1)
+        assert isinstance(out[spec.head.scores], np.ndarray)
         assert isinstance(out[spec.logits_output], DeviceTensor)
         assert all(isinstance(out[s.output], DeviceTensor) for s in spec.states)
 

@@ -55,8 +55,8 @@ def test_graphs_are_valid_named_and_dynamic(bundle_factory, cell, attention, bid
                 assert t["name"] and t["dtype"] in ("float32", "int64")
                 dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
                 assert dims == t["shape"]
-                # per row, except scalars and the greedy head's (vocab,) bias, which is the same for every row
-                assert "batch" in t["shape"] or t["shape"] == [] or t["name"] == manifest["decoder"]["head_bias_input"]
+                # per row, except scalars and the head's inputs and outputs (export/head.py)
+                assert "batch" in t["shape"] or t["shape"] == [] or t["name"] in manifest["decoder"]["head"].values()
     assert manifest["parity"]["ok"] is True
     assert manifest["provenance"]["opset"] == 17 and manifest["provenance"]["torch"] == torch.__version__
 
@@ -91,7 +91,10 @@ def test_each_graph_matches_pytorch(bundle_factory, cell, attention, bidirection
             "memory": memory.numpy(),
             "src_mask": mask,
             **{k: v.numpy() for k, v in state.items()},
-            "head_bias": np.zeros(model.cfg.tgt_vocab_size, dtype=np.float32),  # the greedy head (export/head.py)
+            # the head (export/head.py), asked for greedy's choice
+            "head_mode": np.array(1, dtype=np.int64),
+            "head_bias": np.zeros(model.cfg.tgt_vocab_size, dtype=np.float32),
+            "beam_scores": np.zeros((0, 0), dtype=np.float32),
         }
         if keys is not None:
             pool["attn_keys"] = keys.numpy()
@@ -101,7 +104,7 @@ def test_each_graph_matches_pytorch(bundle_factory, cell, attention, bidirection
         with torch.no_grad():
             logits, state, weights = model.decoder(tokens, state, keys, memory, torch.from_numpy(mask))
         np.testing.assert_allclose(got["logits"], logits.numpy(), atol=1e-4, rtol=0)
-        np.testing.assert_array_equal(got["next_token"], got["logits"].argmax(-1))
+        np.testing.assert_array_equal(got["head_ids"][:, 0], got["logits"].argmax(-1))
         for k, v in state.items():
             np.testing.assert_allclose(got[f"{k}_out"], v.numpy(), atol=1e-4, rtol=0)
         if weights is not None:

@@ -1,19 +1,28 @@
-"""The greedy head (export/head.py): the step graph's own argmax and log-probability, used by greedy decoding."""
+"""The step graph's head (export/head.py): greedy's argmax and beam search's top 2k, computed in the graph."""
+
+import json
+import shutil
 
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
+from edgeseq.bundle import MANIFEST, file_sha256
 from edgeseq.export import ExportOptions, export_model
 from edgeseq.runtime import DecodingOptions, Generator
 from edgeseq.runtime.binding import DeviceTensor
-from edgeseq.runtime.search import TokenByToken
+from edgeseq.runtime.loop import Decoding
+from edgeseq.runtime.processors import log_softmax
+from edgeseq.runtime.step import BEAM, GREEDY, HeadRequest
 from tests.conftest import mixed_sources, tiny_rnn, vocabs
 from tests.test_transformer import tiny_transformer
 
 OPTIONS = {
     "greedy": DecodingOptions(max_new_tokens=14),
     "min-length": DecodingOptions(max_new_tokens=14, min_new_tokens=9),
+    "beam": DecodingOptions(max_new_tokens=12, beam_size=4, nbest=4),
+    "beam-min-length": DecodingOptions(max_new_tokens=12, beam_size=3, min_new_tokens=6, length_penalty=0.7),
 }
 
 
@@ -29,92 +38,204 @@ def bundles(tmp_path_factory):
         export_model(model, out[name], source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=16))
     model, sv, tv = tiny_rnn("gru", "luong-general", False)
     out["no-head"] = root / "no-head"
-    export_model(model, out["no-head"], source_vocab=sv, target_vocab=tv, options=ExportOptions(greedy_head=False))
+    export_model(model, out["no-head"], source_vocab=sv, target_vocab=tv, options=ExportOptions(head=False))
     return out
 
 
-def test_step_graph_has_the_head(bundles):
+def first_step(gen, sources):
+    """The decoder step's feeds for the first step of `sources` (greedy rows), as the loop builds them."""
+    spec = gen.bundle.manifest.decoder
+    d = Decoding(gen.backend, spec, sources, DecodingOptions(max_new_tokens=4))
+    feeds = {**d.fixed, **d.state.states, spec.tokens_input: d.strategy.last_tokens()}
+    if spec.step_input:
+        feeds[spec.step_input] = np.array(0, dtype=np.int64)
+    return feeds
+
+
+def test_step_graph_declares_the_head(bundles):
     gen = Generator(bundles["lstm"])
-    dec = gen.bundle.manifest.decoder
-    assert (dec.head_bias_input, dec.head_token_output, dec.head_logprob_output) == (
-        "head_bias",
-        "next_token",
-        "next_logprob",
-    )
+    head = gen.bundle.manifest.decoder.head
+    assert head.names() == ("head_mode", "head_bias", "beam_scores", "head_scores", "head_ids")
     step = gen.bundle.manifest.graphs["decoder_step"]
     assert step.input("head_bias").shape == (len(vocabs()[1]),)
+    assert step.input("head_mode").shape == () and step.input("head_mode").dtype == "int64"
     model = onnx.load(str(bundles["lstm"] / "decoder_step.onnx"))
-    assert {o.name for o in model.graph.output} >= {"logits", "next_token", "next_logprob"}
+    onnx.checker.check_model(model, full_check=True)
+    assert {o.name for o in model.graph.output} >= {"logits", "head_scores", "head_ids"}
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)  # standard operators only
+    assert gen.backend.offers == {GREEDY, BEAM}
 
 
-def test_head_outputs_are_argmax_and_log_softmax_of_biased_logits(bundles):
+@pytest.mark.parametrize("family", ["lstm", "transformer"])
+def test_greedy_head_is_argmax_and_log_softmax_of_biased_logits(bundles, family):
+    gen = Generator(bundles[family])
+    feeds = first_step(gen, mixed_sources(vocabs()[0]))
+    vocab = len(vocabs()[1])
+    bias = np.zeros(vocab, dtype=np.float32)
+    logits = gen.backend.step(feeds)["logits"]
+    bias[[int(logits[0].argmax()), 5]] = -np.inf  # ban row 0's favourite: the head must take the next one
+    out = gen.backend.step(feeds, HeadRequest(GREEDY, bias))
+    scores, ids = gen.backend.chosen(out)
+    x = logits + bias
+    assert ids.shape == scores.shape == (len(logits), 1)
+    np.testing.assert_array_equal(ids[:, 0], x.argmax(-1))
+    np.testing.assert_allclose(scores[:, 0], -np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)), atol=1e-5)
+    assert out["head_scores"].dtype == np.float32 and out["head_ids"].dtype == np.int64
+
+
+@pytest.mark.parametrize("family", ["lstm", "transformer"])
+def test_beam_head_is_the_top_2k_of_scored_log_probabilities(bundles, family):
+    gen = Generator(bundles[family])
+    sources, k = mixed_sources(vocabs()[0])[:3], 4
+    feeds = first_step(gen, [s for s in sources for _ in range(k)])  # k rows per source, as beam search has
+    vocab = len(vocabs()[1])
+    rng = np.random.default_rng(0)
+    running = rng.normal(-3, 1, (len(sources), k)).astype(np.float32)
+    bias = np.zeros(vocab, dtype=np.float32)
+    bias[[2, 7]] = -np.inf
+    logits = gen.backend.step(feeds)["logits"]
+    scores, ids = gen.backend.chosen(gen.backend.step(feeds, HeadRequest(BEAM, bias, running)))
+    total = (log_softmax(logits) + bias + running.reshape(-1, 1)).reshape(len(sources), k * vocab)
+    expected = np.argsort(-total, axis=-1, kind="stable")[:, : 2 * k]
+    assert ids.shape == scores.shape == (len(sources), 2 * k)
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(total, expected, -1), atol=1e-5)
+    assert not np.isin(ids % vocab, [2, 7]).any()
+
+
+def test_no_request_computes_nothing(bundles):
     gen = Generator(bundles["transformer"])
-    m = gen.bundle.manifest
-    seen = []
-    run = gen.backend.step
+    out = gen.backend.step(first_step(gen, mixed_sources(vocabs()[0])[:2]))
+    assert out["head_scores"].shape == (0, 0) and out["head_ids"].shape == (0, 0)
 
-    def step(f):
-        out = run(f)
-        seen.append((f["head_bias"], out))
-        return out
 
-    gen.backend.step = step
-    gen.generate_ids(mixed_sources(vocabs()[0]), OPTIONS["min-length"])
-    assert seen
-    for bias, out in seen:
-        x = out["logits"] + bias
-        np.testing.assert_array_equal(out["next_token"], x.argmax(-1))
-        lse = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1))
-        np.testing.assert_allclose(out["next_logprob"], -lse, atol=1e-5)
-    assert np.isneginf(seen[0][0][m.special_tokens["eos"]])  # </s> barred before the minimum length
+def count_head_use(monkeypatch, backend_cls):
+    used = []
+    original = backend_cls.chosen
+
+    def chosen(self, out):
+        used.append(1)
+        return original(self, out)
+
+    monkeypatch.setattr(backend_cls, "chosen", chosen)
+    return used
 
 
 @pytest.mark.parametrize("family", ["lstm", "transformer"])
 @pytest.mark.parametrize("name", list(OPTIONS))
 @pytest.mark.parametrize("io_binding", [False, True])
 def test_head_decodes_like_the_logits_path(bundles, monkeypatch, family, name, io_binding):
+    from edgeseq.runtime.generator import OrtBackend
+
     sources = mixed_sources(vocabs()[0])
     options = OPTIONS[name]
     plain = Generator(bundles[family], use_head=False).generate_ids(sources, options)
-    chosen = []
-    original = TokenByToken.update_chosen
-
-    def counted(self, tokens, logprobs, step, alignment):
-        chosen.append(step)
-        return original(self, tokens, logprobs, step, alignment)
-
-    monkeypatch.setattr(TokenByToken, "update_chosen", counted)
+    used = count_head_use(monkeypatch, OrtBackend)
     fast = Generator(bundles[family], io_binding=io_binding).generate_ids(sources, options)
-    assert chosen, "the head was not used"
-    assert [h[0].tokens for h in fast] == [h[0].tokens for h in plain]
-    assert [h[0].score for h in fast] == pytest.approx([h[0].score for h in plain], abs=1e-4)
+    assert used, "the head was not used"
+    assert [[h.tokens for h in hs] for hs in fast] == [[h.tokens for h in hs] for hs in plain]
+    for f, p in zip(fast, plain):
+        assert [h.score for h in f] == pytest.approx([h.score for h in p], abs=1e-4)
 
 
 def test_strategies_that_need_logits_do_not_use_the_head(bundles, monkeypatch):
-    monkeypatch.setattr(TokenByToken, "update_chosen", lambda *a: pytest.fail("head used"))
+    from edgeseq.runtime.generator import OrtBackend
+
+    used = count_head_use(monkeypatch, OrtBackend)
     gen = Generator(bundles["lstm"])
     sources = mixed_sources(vocabs()[0])[:2]
     for options in (
-        DecodingOptions(max_new_tokens=6, beam_size=3),
         DecodingOptions(max_new_tokens=6, sample=True, seed=1),
         DecodingOptions(max_new_tokens=6, repetition_penalty=1.3),
         DecodingOptions(max_new_tokens=6, no_repeat_ngram=2),
+        DecodingOptions(max_new_tokens=6, beam_size=3, repetition_penalty=1.3),
+        DecodingOptions(max_new_tokens=6, beam_size=3, no_repeat_ngram=2),
     ):
         gen.generate_ids(sources, options)
+    assert not used
 
 
-def test_bound_logits_stay_on_the_device_when_the_head_chooses(bundles):
+def test_forced_tokens_leave_the_head_for_that_step_only(bundles, monkeypatch):
+    from edgeseq.runtime.generator import OrtBackend
+
+    used = count_head_use(monkeypatch, OrtBackend)
+    gen = Generator(bundles["transformer"])
+    options = DecodingOptions(max_new_tokens=5, min_new_tokens=5, beam_size=2, forced_eos=True)
+    sources = mixed_sources(vocabs()[0])[:2]
+    hyps = gen.generate_ids(sources, options)
+    assert len(used) == 4  # steps 0-3 through the head; the last step forces </s> on the logits
+    assert all(len(h[0].tokens) == 4 for h in hyps)  # four tokens, then the forced </s>
+    plain = Generator(bundles["transformer"], use_head=False).generate_ids(sources, options)
+    assert [[h.tokens for h in hs] for hs in hyps] == [[h.tokens for h in hs] for hs in plain]
+
+
+@pytest.mark.parametrize("options", [OPTIONS["min-length"], OPTIONS["beam"]], ids=["greedy", "beam"])
+def test_bound_logits_stay_on_the_device_when_the_head_chooses(bundles, options):
     gen = Generator(bundles["transformer"], io_binding=True)
     outs = []
     run = gen.backend.step
-    gen.backend.step = lambda f: outs.append(run(f)) or outs[-1]
-    gen.generate_ids(mixed_sources(vocabs()[0])[:2], DecodingOptions(max_new_tokens=4, min_new_tokens=4))
+    gen.backend.step = lambda f, request=None: outs.append(run(f, request)) or outs[-1]
+    gen.generate_ids(mixed_sources(vocabs()[0])[:2], options)
+    assert outs
     assert all(isinstance(o["logits"], DeviceTensor) for o in outs)
-    assert all(isinstance(o["next_token"], np.ndarray) for o in outs)
+    assert all(isinstance(o["head_ids"], np.ndarray) and isinstance(o["head_scores"], np.ndarray) for o in outs)
 
 
 def test_a_bundle_without_the_head_decodes_through_the_logits(bundles):
     gen = Generator(bundles["no-head"])
-    assert not gen.bundle.manifest.decoder.has_head
+    assert not gen.bundle.manifest.decoder.head_names() and not gen.backend.offers
     assert "head_bias" not in {t.name for t in gen.bundle.manifest.graphs["decoder_step"].inputs}
-    assert all(h[0].tokens for h in gen.generate_ids(mixed_sources(vocabs()[0]), OPTIONS["greedy"]))
+    for options in (OPTIONS["greedy"], OPTIONS["beam"]):
+        assert all(h[0].tokens for h in gen.generate_ids(mixed_sources(vocabs()[0]), options))
+
+
+def greedy_only_head(bundle, vocab):
+    """Give a head-less bundle the greedy-only head that bundles had before beam search used the head."""
+    path = bundle / "decoder_step.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    model.graph.node.extend(
+        [
+            helper.make_node("Add", ["logits", "head_bias"], ["legacy.biased"]),
+            helper.make_node("ArgMax", ["legacy.biased"], ["next_token"], axis=-1, keepdims=0),
+            helper.make_node("LogSoftmax", ["legacy.biased"], ["legacy.lp"], axis=-1),
+            helper.make_node("ReduceMax", ["legacy.lp"], ["next_logprob"], axes=[-1], keepdims=0),
+        ]
+    )
+    model.graph.input.append(helper.make_tensor_value_info("head_bias", TensorProto.FLOAT, [vocab]))
+    model.graph.output.extend(
+        [
+            helper.make_tensor_value_info("next_token", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("next_logprob", TensorProto.FLOAT, ["batch"]),
+        ]
+    )
+    onnx.save(model, str(path))
+    data = json.loads((bundle / MANIFEST).read_text())
+    g = data["graphs"]["decoder_step"]
+    g["sha256"] = file_sha256(path)
+    g["inputs"].append({"name": "head_bias", "dtype": "float32", "shape": [vocab]})
+    g["outputs"] += [
+        {"name": "next_token", "dtype": "int64", "shape": ["batch"]},
+        {"name": "next_logprob", "dtype": "float32", "shape": ["batch"]},
+    ]
+    data["decoder"].update(
+        head_bias_input="head_bias", head_token_output="next_token", head_logprob_output="next_logprob"
+    )
+    (bundle / MANIFEST).write_text(json.dumps(data))
+
+
+def test_a_bundle_with_the_older_greedy_only_head_still_uses_it(bundles, tmp_path, monkeypatch):
+    from edgeseq.runtime.generator import OrtBackend
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(bundles["no-head"], legacy)
+    greedy_only_head(legacy, len(vocabs()[1]))
+    sources = mixed_sources(vocabs()[0])
+    used = count_head_use(monkeypatch, OrtBackend)
+    gen = Generator(legacy)
+    assert gen.backend.offers == {GREEDY}
+    for options in (OPTIONS["min-length"], OPTIONS["beam"]):
+        plain = Generator(bundles["no-head"]).generate_ids(sources, options)
+        got = gen.generate_ids(sources, options)
+        assert [h[0].tokens for h in got] == [h[0].tokens for h in plain]
+        assert [h[0].score for h in got] == pytest.approx([h[0].score for h in plain], abs=1e-4)
+    assert used  # greedy went through the old head, beam search through the logits

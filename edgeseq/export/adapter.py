@@ -91,6 +91,7 @@ class TorchBackend:
         self.special_tokens = adapter.special_tokens()
         self.source_pad = adapter.source_pad
         self.masked_padding = masked_padding  # as the bundle says: decode only equal-length sources together
+        self.offers: frozenset[str] = frozenset()  # no head: strategies read the logits
 
     @torch.no_grad()
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -106,5 +107,8 @@ class TorchBackend:
             out.update(self.run("attention", {**feeds, **out}))
         return out
 
-    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def step(self, feeds: dict[str, np.ndarray], request=None) -> dict[str, np.ndarray]:
         return self.run("decoder_step", feeds)
+
+    def chosen(self, out):
+        raise NotImplementedError("the PyTorch reference has no head: it offers nothing to choose")

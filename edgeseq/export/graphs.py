@@ -13,7 +13,7 @@ import torch
 
 from edgeseq.bundle import DecoderSpec, GraphSpec
 from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
-from edgeseq.export.head import add_greedy_head
+from edgeseq.export.head import add_head
 from edgeseq.export.parity import sample_sources
 from edgeseq.export.simplify import simplify_graph
 from edgeseq.export.trace import trace_graph
@@ -27,7 +27,7 @@ def write_graphs(
     folder: Path,
     opset: int,
     simplify: bool,
-    greedy_head: bool,
+    head: bool,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[dict[str, GraphSpec], DecoderSpec, dict[str, Any]]:
     """Trace, simplify and store the graphs in `folder`; returns their specs, the decoder spec (with the
@@ -40,10 +40,10 @@ def write_graphs(
         trace_graph(adapter, name, spec, feeds[name], folder / spec.file, opset)
         if simplify:
             simplified[name] = simplify_graph(folder / spec.file, spec)
-    if greedy_head:
+    if head:
         step = specs["decoder_step"]
         specs = dict(specs)
-        specs["decoder_step"], decoder = add_greedy_head(folder / step.file, step, decoder)
+        specs["decoder_step"], decoder = add_head(folder / step.file, step, decoder)
     progress("sharing weights between graphs")
     files = [spec.file for spec in specs.values()]
     sharing = share_weights(folder, files)

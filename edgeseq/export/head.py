@@ -1,10 +1,19 @@
-"""The greedy head: the next token and its log-probability, computed inside the decoder step graph.
+"""The head: what the decoder step graph computes from its own logits, so the loop reads a few numbers.
 
-Greedy decoding needs, per row, only argmax(logits + bias) and its log-probability. Appending that to the
-step graph saves the loop its per-token numpy work on a (rows, vocabulary) array, and on CUDA lets the
-logits stay in device memory: only the token ids and their log-probabilities cross to the host. The bias
-input is how the loop applies banned tokens and the minimum length (-inf at those ids; zeros otherwise).
-The logits output stays, for beam search, sampling and the other logits processors.
+Greedy decoding needs per row only argmax(logits + bias) and its log-probability; beam search needs per
+source only the 2 x beam best continuations of log_softmax(logits) + bias + each row's running score (Hugging
+Face's order: bans and the minimum length act on log-probabilities). Computing them inside the step graph
+saves the loop its numpy work over (rows, vocabulary) arrays, and on CUDA keeps the logits in device memory.
+
+ONNX Runtime runs every node of a graph whatever outputs are asked for, so the head is an `If` on the
+`head_mode` input: 0 computes nothing (the loop reads the logits: sampling, penalties), 1 greedy, 2 beam.
+The logits output stays for the strategies and processors that need it.
+
+Inputs:  head_mode () int64; head_bias (V,) float32 (-inf at banned ids, 0 elsewhere); beam_scores
+         (sources, beams) float32 (beam mode: each row's running score; any (0, 0) array otherwise).
+Outputs: head_scores (A, k) float32, head_ids (A, k) int64. Greedy: (rows, 1), the argmax of logits + bias
+         and its log-probability. Beam: (sources, 2 * beams), best first (ties: the lower index), ids
+         indexing beam * V + token. Mode 0: (0, 0) arrays.
 """
 
 from __future__ import annotations
@@ -12,69 +21,173 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from edgeseq.bundle import DecoderSpec, GraphSpec, TensorSpec
+from edgeseq.bundle import DecoderSpec, GraphSpec, HeadSpec, TensorSpec
 
-BIAS, TOKEN, LOGPROB = "head_bias", "next_token", "next_logprob"
+MODE, BIAS, BEAM, SCORES, IDS = "head_mode", "head_bias", "beam_scores", "head_scores", "head_ids"
+NAMES = HeadSpec(MODE, BIAS, BEAM, SCORES, IDS)
+NONE, GREEDY, BEAM_MODE = 0, 1, 2
 
 
-def add_greedy_head(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[GraphSpec, DecoderSpec]:
+class _Nodes:
+    """Builds a subgraph's nodes with names unique in the model."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self.nodes, self.count = prefix, [], 0
+
+    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+        self.count += 1
+        out = f"head.{self.prefix}.{op_type.lower()}{self.count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def const(self, array: np.ndarray) -> str:
+        self.count += 1
+        out = f"head.{self.prefix}.c{self.count}"
+        self.nodes.append(
+            helper.make_node("Constant", [], [out], name=out, value=numpy_helper.from_array(array, out + ".v"))
+        )
+        return out
+
+
+def _axes(b: _Nodes) -> str:
+    return b.const(np.array([-1], dtype=np.int64))
+
+
+def _branch(b: _Nodes, scores: str, ids: str) -> onnx.GraphProto:
+    b.nodes.append(helper.make_node("Identity", [scores], [f"head.{b.prefix}.scores"], name=f"head.{b.prefix}.scores"))
+    b.nodes.append(helper.make_node("Identity", [ids], [f"head.{b.prefix}.ids"], name=f"head.{b.prefix}.ids"))
+    return helper.make_graph(
+        b.nodes,
+        f"head_{b.prefix}",
+        [],
+        [
+            helper.make_tensor_value_info(f"head.{b.prefix}.scores", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info(f"head.{b.prefix}.ids", TensorProto.INT64, None),
+        ],
+    )
+
+
+def _greedy(logits: str, opset: int) -> onnx.GraphProto:
+    b = _Nodes("greedy")
+    biased = b.op("Add", [logits, BIAS])
+    ids = b.op("ArgMax", [biased], axis=-1, keepdims=1)  # (rows, 1)
+    top = (
+        b.op("ReduceMax", [biased, _axes(b)], keepdims=1)
+        if opset >= 18
+        else b.op("ReduceMax", [biased], axes=[-1], keepdims=1)
+    )
+    total = b.op("ReduceSum", [b.op("Exp", [b.op("Sub", [biased, top])]), _axes(b)], keepdims=1)
+    scores = b.op("Neg", [b.op("Log", [total])])  # the argmax's log-probability: 0 - logsumexp(biased - top)
+    return _branch(b, scores, ids)
+
+
+def _beam(logits: str, vocab: int) -> onnx.GraphProto:
+    b = _Nodes("beam")
+    logprobs = b.op("Add", [b.op("LogSoftmax", [logits], axis=-1), BIAS])  # (rows, V), HF's processor order
+    running = b.op("Reshape", [BEAM, b.const(np.array([-1, 1], dtype=np.int64))])  # (rows, 1)
+    total = b.op("Add", [logprobs, running])
+    shape = b.op("Shape", [BEAM])  # (sources, beams)
+    sources = b.op("Slice", [shape, b.const(np.array([0])), b.const(np.array([1]))])
+    beams = b.op("Slice", [shape, b.const(np.array([1])), b.const(np.array([2]))])
+    width = b.op("Mul", [beams, b.const(np.array([vocab], dtype=np.int64))])
+    flat = b.op("Reshape", [total, b.op("Concat", [sources, width], axis=0)])  # (sources, beams * V)
+    k = b.op("Mul", [beams, b.const(np.array([2], dtype=np.int64))])
+    scores, ids = f"head.beam.top{b.count + 1}", f"head.beam.idx{b.count + 1}"
+    b.nodes.append(helper.make_node("TopK", [flat, k], [scores, ids], name=scores, axis=-1, largest=1, sorted=1))
+    return _branch(b, scores, ids)
+
+
+def _none() -> onnx.GraphProto:
+    b = _Nodes("none")
+    scores = b.const(np.zeros((0, 0), dtype=np.float32))
+    ids = b.const(np.zeros((0, 0), dtype=np.int64))
+    return _branch(b, scores, ids)
+
+
+def add_head(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[GraphSpec, DecoderSpec]:
     """Append the head to the step graph at `path`; return its GraphSpec and DecoderSpec with the head."""
     logits = spec.output(decoder.logits_output)
     vocab = logits.shape[-1]
     model = onnx.load(str(path), load_external_data=False)
     names = {v for n in model.graph.node for v in (*n.input, *n.output)} | {i.name for i in model.graph.input}
-    if logits.dtype != "float32" or not isinstance(vocab, int) or names & {BIAS, TOKEN, LOGPROB}:
+    if logits.dtype != "float32" or not isinstance(vocab, int) or names & {MODE, BIAS, BEAM, SCORES, IDS}:
         return spec, decoder  # (float32 logits of a fixed vocabulary, and free names: else no head)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     g = model.graph
-
-    def reduce(op: str, x: str, out: str, keepdims: int) -> list[onnx.NodeProto]:
-        if opset >= 18 or op == "ReduceSum":  # axes became an input (ReduceSum: already in opset 13)
-            axes = helper.make_tensor(f"{out}.axes", TensorProto.INT64, [1], [-1])
-            return [
-                helper.make_node("Constant", [], [f"{out}.axes"], value=axes),
-                helper.make_node(op, [x, f"{out}.axes"], [out], keepdims=keepdims),
-            ]
-        return [helper.make_node(op, [x], [out], axes=[-1], keepdims=keepdims)]
-
-    biased, top, shifted, exp, total, lse = (f"head.{n}" for n in ("biased", "top", "shifted", "exp", "total", "lse"))
+    two = numpy_helper.from_array(np.array(BEAM_MODE, dtype=np.int64), "head.mode.beam")
+    one = numpy_helper.from_array(np.array(GREEDY, dtype=np.int64), "head.mode.greedy")
     g.node.extend(
         [
-            helper.make_node("Add", [decoder.logits_output, BIAS], [biased]),
-            helper.make_node("ArgMax", [biased], [TOKEN], axis=-1, keepdims=0),
-            *reduce("ReduceMax", biased, top, 1),
-            helper.make_node("Sub", [biased, top], [shifted]),
-            helper.make_node("Exp", [shifted], [exp]),
-            *reduce("ReduceSum", exp, total, 0),
-            helper.make_node("Log", [total], [lse]),
-            helper.make_node("Neg", [lse], [LOGPROB]),  # the argmax's log-probability: 0 - logsumexp(shifted)
+            helper.make_node("Constant", [], ["head.two"], name="head.two", value=two),
+            helper.make_node("Constant", [], ["head.one"], name="head.one", value=one),
+            helper.make_node("Equal", [MODE, "head.two"], ["head.is_beam"], name="head.is_beam"),
+            helper.make_node("Equal", [MODE, "head.one"], ["head.is_greedy"], name="head.is_greedy"),
+            helper.make_node(
+                "If",
+                ["head.is_beam"],
+                [SCORES, IDS],
+                name="head.if_beam",
+                then_branch=_beam(decoder.logits_output, vocab),
+                else_branch=helper.make_graph(
+                    [
+                        helper.make_node(
+                            "If",
+                            ["head.is_greedy"],
+                            ["head.g.scores", "head.g.ids"],
+                            name="head.if_greedy",
+                            then_branch=_greedy(decoder.logits_output, opset),
+                            else_branch=_none(),
+                        )
+                    ],
+                    "head_not_beam",
+                    [],
+                    [
+                        helper.make_tensor_value_info("head.g.scores", TensorProto.FLOAT, None),
+                        helper.make_tensor_value_info("head.g.ids", TensorProto.INT64, None),
+                    ],
+                ),
+            ),
         ]
     )
-    g.input.append(helper.make_tensor_value_info(BIAS, TensorProto.FLOAT, [vocab]))
-    batch = logits.shape[0]
+    g.input.extend(
+        [
+            helper.make_tensor_value_info(MODE, TensorProto.INT64, []),
+            helper.make_tensor_value_info(BIAS, TensorProto.FLOAT, [vocab]),
+            helper.make_tensor_value_info(BEAM, TensorProto.FLOAT, ["head_sources", "head_beams"]),
+        ]
+    )
     g.output.extend(
         [
-            helper.make_tensor_value_info(TOKEN, TensorProto.INT64, [batch]),
-            helper.make_tensor_value_info(LOGPROB, TensorProto.FLOAT, [batch]),
+            helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["head_rows", "head_k"]),
+            helper.make_tensor_value_info(IDS, TensorProto.INT64, ["head_rows", "head_k"]),
         ]
     )
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     spec = dataclasses.replace(
         spec,
-        inputs=(*spec.inputs, TensorSpec(BIAS, "float32", (vocab,))),
-        outputs=(*spec.outputs, TensorSpec(TOKEN, "int64", (batch,)), TensorSpec(LOGPROB, "float32", (batch,))),
+        inputs=(
+            *spec.inputs,
+            TensorSpec(MODE, "int64", ()),
+            TensorSpec(BIAS, "float32", (vocab,)),
+            TensorSpec(BEAM, "float32", ("head_sources", "head_beams")),
+        ),
+        outputs=(
+            *spec.outputs,
+            TensorSpec(SCORES, "float32", ("head_rows", "head_k")),
+            TensorSpec(IDS, "int64", ("head_rows", "head_k")),
+        ),
     )
-    decoder = dataclasses.replace(decoder, head_bias_input=BIAS, head_token_output=TOKEN, head_logprob_output=LOGPROB)
-    return spec, decoder
+    return spec, dataclasses.replace(decoder, head=NAMES)
 
 
 def without_head(spec: GraphSpec, decoder: DecoderSpec) -> GraphSpec:
-    """The graph's I/O as the model declares it: the head's input and outputs taken out (for comparisons)."""
-    head = {decoder.head_bias_input, decoder.head_token_output, decoder.head_logprob_output} - {None}
+    """The graph's I/O as the model declares it: the head's inputs and outputs taken out (for comparisons)."""
+    head = set(decoder.head_names())
     return dataclasses.replace(
         spec,
         inputs=tuple(t for t in spec.inputs if t.name not in head),

@@ -25,6 +25,7 @@ from edgeseq.bundle import DecoderSpec, SourceFraming
 from edgeseq.runtime.batching import pad_batch, random_sources
 from edgeseq.runtime.loop import decode, initial_state
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.step import GREEDY, HeadRequest
 
 
 @dataclass(frozen=True)
@@ -242,12 +243,16 @@ def check_graphs(
         record("attention", got.run("attention", {**feeds, **enc_ref}), att_ref)
     state = initial_state(ref, src_ids, src_mask, spec)
     tokens = np.full(len(sources), ref.special_tokens["decoder_start"], dtype=np.int64)
+    # two bundles with a head: their greedy choices (ids and log-probabilities) are compared too
+    request = None
+    if GREEDY in ref.offers and GREEDY in got.offers:
+        request = HeadRequest(GREEDY, np.zeros(got.step_graph.output(spec.logits_output).shape[-1], np.float32))
     for step in range(steps):
         step_feeds = {**state.context, **state.states, spec.tokens_input: tokens}
         if spec.step_input:
             step_feeds[spec.step_input] = np.array(step, dtype=np.int64)
-        out_ref = ref.step(step_feeds)
-        record("decoder_step", got.step(step_feeds), out_ref)
+        out_ref = ref.step(step_feeds, request)
+        record("decoder_step", got.step(step_feeds, request), out_ref)
         state.states = {s.input: out_ref[s.output] for s in spec.states}
         tokens = out_ref[spec.logits_output].argmax(-1).astype(np.int64)
     return list(worst.values())

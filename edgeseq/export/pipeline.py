@@ -55,7 +55,7 @@ class ExportOptions:
     max_source_length: int | None = None  # longest source the bundle accepts (None: the model's limit)
     check_parity: bool = True  # validate against PyTorch and refuse a bundle that fails
     simplify: bool = True  # run onnxsim on each graph (a graph it fails on is kept as traced)
-    greedy_head: bool = True  # append argmax + log-probability to the step graph (export/head.py)
+    head: bool = True  # append the head (greedy argmax, beam top-k; export/head.py) to the step graph
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -340,7 +340,7 @@ def export_model(
     plan = plan_export(model, tokenizer, options, framing, unknown)
     with building(out, options.force, inputs) as tmp:
         specs, decoder, made = write_graphs(
-            plan.adapter, tmp, plan.options.opset, plan.options.simplify, plan.options.greedy_head, progress
+            plan.adapter, tmp, plan.options.opset, plan.options.simplify, plan.options.head, progress
         )
         entry = tokenizer.write(tmp)
         manifest = build_manifest(

@@ -94,7 +94,7 @@ def capture_feeds(
 
     class Recording:
         graphs, step_graph, special_tokens = backend.graphs, backend.step_graph, backend.special_tokens
-        source_pad, masked_padding = backend.source_pad, backend.masked_padding
+        source_pad, masked_padding, offers = backend.source_pad, backend.masked_padding, frozenset()
 
         def context(self, f):
             feeds["encoder"].append(_pick(bundle, "encoder", f))
@@ -103,10 +103,11 @@ def capture_feeds(
                 feeds["attention"].append(_pick(bundle, "attention", {**f, **out}))
             return out
 
-        def step(self, f):
+        def step(self, f, request=None):
+            out = backend.step(f)  # the head's inputs added as the graph receives them
             if len(feeds["decoder_step"]) < max_steps:
-                feeds["decoder_step"].append(_pick(bundle, "decoder_step", f))
-            return backend.step(f)
+                feeds["decoder_step"].append(_pick(bundle, "decoder_step", {**backend.idle, **f}))
+            return out
 
     options = DecodingOptions(max_new_tokens=bundle.manifest.max_new_tokens)
     for i in range(0, len(sources), batch):
@@ -170,22 +171,41 @@ def _quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: 
     elif mode == "fp16":
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_UNSAFE)
-        _topological_sort(half.graph)  # the converter appends its input casts after their consumers
+        # the head (export/head.py) stays float32: the converter misplaces the casts of If branches
+        head = [n.name for n in model.graph.node if n.name.startswith("head.")]
+        half = convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_UNSAFE, node_block_list=head
+        )
         onnx.save(half, str(path))
     else:
         onnx.save(model, str(path))
+    # the quantizers append nodes after their consumers, and do not see what a subgraph (the head) reads
+    written = onnx.load(str(path), load_external_data=False)
+    topological_sort(written.graph)
+    onnx.save(written, str(path))
 
 
-def _topological_sort(graph: onnx.GraphProto) -> None:
-    """Reorder nodes so that every node comes after the producers of its inputs."""
+def _needs(node: onnx.NodeProto) -> set[str]:
+    """A node's inputs, and the outer-scope names its subgraphs (If, Loop, Scan bodies) read."""
+    names = set(node.input)
+    for a in node.attribute:
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            inner = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                inner |= set(n.output)
+            names |= {x for n in g.node for x in _needs(n)} - inner
+    return names
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so that every node comes after the producers of its inputs (subgraphs' included)."""
     ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
+    pending, ordered = [(n, _needs(n)) for n in graph.node], []
     while pending:
-        rest = [n for n in pending if not set(n.input) <= ready]
-        done = [n for n in pending if set(n.input) <= ready]
+        rest = [(n, needs) for n, needs in pending if not needs <= ready]
+        done = [n for n, needs in pending if needs <= ready]
         if not done:
-            raise OptionsError(f"graph {graph.name}: cycle or missing input among {[n.name for n in rest][:5]}")
+            raise OptionsError(f"graph {graph.name}: cycle or missing input among {[n.name for n, _ in rest][:5]}")
         for n in done:
             ordered.append(n)
             ready.update(n.output)

@@ -17,6 +17,13 @@ from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
+from edgeseq.runtime.step import BEAM, GREEDY, HeadRequest
+
+HEAD_MODES = {  # the step graph's head_mode input (export/head.py)
+    None: np.array(0, dtype=np.int64),
+    GREEDY: np.array(1, dtype=np.int64),
+    BEAM: np.array(2, dtype=np.int64),
+}
 
 
 def session_options(threads: int | None, step: bool) -> ort.SessionOptions:
@@ -42,9 +49,10 @@ class OrtBackend:
     """The loop's backend on ONNX Runtime: encoder and attention once per batch, then one step at a time.
 
     `io_binding` (default: on for CUDA) keeps every tensor the loop carries between runs (encoder and
-    attention outputs, the source, the decoder states and cache) in the provider's memory. With the greedy
-    head (export/head.py; `use_head`), greedy decoding reads only each row's token id and log-probability;
-    the logits stay where they are unless a strategy asks for them. See runtime/binding.py.
+    attention outputs, the source, the decoder states and cache) in the provider's memory. With the step
+    graph's head (export/head.py; `use_head=False` leaves it unused), greedy decoding reads only each row's
+    token id and log-probability and beam search only each source's best continuations; the logits stay
+    where they are unless a strategy asks for them. See runtime/binding.py.
     """
 
     def __init__(
@@ -68,16 +76,27 @@ class OrtBackend:
         self.special_tokens = bundle.manifest.special_tokens
         self.source_pad = bundle.manifest.source_framing.pad
         self.masked_padding = bundle.manifest.masked_padding
-        dec = bundle.manifest.decoder
-        self.use_head = use_head  # greedy decoding reads the step graph's own argmax (export/head.py)
-        self.zero_bias = {}
-        if dec.has_head:
-            self.zero_bias[dec.head_bias_input] = np.zeros(self.step_graph.input(dec.head_bias_input).shape, "float32")
+        dec = self.decoder = bundle.manifest.decoder
+        vocab = bundle.manifest.target_vocab_size
+        self.offers: frozenset[str] = frozenset()
+        self.idle: dict[str, np.ndarray] = {}  # the head's inputs when nothing is asked of it
+        if dec.head is not None:
+            self.offers = frozenset({GREEDY, BEAM}) if use_head else frozenset()
+            self.idle = {
+                dec.head.mode: HEAD_MODES[None],
+                dec.head.bias: np.zeros(vocab, dtype=np.float32),
+                dec.head.beam_scores: np.zeros((0, 0), dtype=np.float32),
+            }
+        elif dec.head_bias_input:  # a bundle made when the head was greedy-only
+            self.offers = frozenset({GREEDY}) if use_head else frozenset()
+            self.idle = {dec.head_bias_input: np.zeros(vocab, dtype=np.float32)}
         self.bound: dict[str, BoundSession] | None = None
         if io_binding if io_binding is not None else self.device != "cpu":
             # with a head, the logits stay on the device unless a strategy asks for them
             host_outputs = {dec.alignment_output, dec.head_token_output, dec.head_logprob_output}
-            if not dec.has_head:
+            if dec.head is not None:
+                host_outputs |= {dec.head.scores, dec.head.ids}
+            if not self.idle:
                 host_outputs.add(dec.logits_output)
             self.bound = {
                 name: BoundSession(s, self.device, [o for o in s.output_names if o not in host_outputs])
@@ -97,16 +116,34 @@ class OrtBackend:
             out.update(self.bound["attention"].run(out))
         return out
 
-    def step(self, feeds: dict[str, np.ndarray | DeviceTensor]) -> dict[str, np.ndarray | DeviceTensor]:
-        if self.zero_bias and not self.zero_bias.keys() <= feeds.keys():
-            feeds = {**self.zero_bias, **feeds}  # callers that do not know the head (parity, calibration)
+    def step(
+        self, feeds: dict[str, np.ndarray | DeviceTensor], request: HeadRequest | None = None
+    ) -> dict[str, np.ndarray | DeviceTensor]:
+        """One decoder step; `request` asks the head to choose (runtime/step.py), else it computes nothing."""
+        feeds = {**feeds, **self._head_feeds(request)} if self.idle else feeds
         if self.bound is None:
             return self.sessions["decoder_step"].run(feeds)
         return self.bound["decoder_step"].run(feeds)
 
+    def _head_feeds(self, request: HeadRequest | None) -> dict[str, np.ndarray]:
+        if request is None:
+            return self.idle
+        head = self.decoder.head
+        if head is None:  # the greedy-only head
+            return {self.decoder.head_bias_input: request.bias}
+        scores = request.beam_scores if request.beam_scores is not None else self.idle[head.beam_scores]
+        return {head.mode: HEAD_MODES[request.kind], head.bias: request.bias, head.beam_scores: scores}
+
+    def chosen(self, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The head's (scores, ids): greedy (rows, 1), beam (sources, 2 x beams)."""
+        head = self.decoder.head
+        if head is None:
+            return out[self.decoder.head_logprob_output][:, None], out[self.decoder.head_token_output][:, None]
+        return out[head.scores], out[head.ids]
+
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One graph by name (for parity checks)."""
-        return self.sessions[graph].run({**self.zero_bias, **feeds} if graph == "decoder_step" else feeds)
+        return self.step(feeds) if graph == "decoder_step" else self.sessions[graph].run(feeds)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Translating a stream of lines with bounded memory: a file of any size, or stdin.
 
 Lines are read a window at a time, sorted by length within the window, cut into batches of at most
-`max_tokens` decoder tokens (rows, beams included, times the longest source), decoded, and given back in
-input order as each window completes. Memory depends on the window, not on the input's size.
+`max_tokens` tokens, decoded, and given back in input order as each window completes. A batch's tokens are
+its decoder rows (sources x beams) times the longest source plus max_new_tokens: what its caches hold at
+the end (the encoder output or cross-attention cache per source token, the decoder's state or self-attention
+cache per generated token), so a batch's memory is bounded whatever the lengths. Memory depends on the
+window, not on the input's size.
 
 A line the model cannot take (empty, too long, a character the vocabulary lacks and has no <unk> for) stops
 the run with an error naming its line number, or, with `on_error="skip"`, comes back with its error and no
@@ -29,7 +32,7 @@ ON_ERROR = ("stop", "skip")
 class Batching:
     """How a stream of lines is cut into batches."""
 
-    max_tokens: int = 6144  # per batch: decoder rows (sources x beams) x the longest source, in tokens
+    max_tokens: int = 8192  # per batch: decoder rows (sources x beams) x (longest source + max_new_tokens)
     window: int = 16  # batches' worth of lines read ahead and sorted by length (memory grows with it)
     on_error: str = "stop"  # a line the model cannot take: "stop" with an error naming it, or "skip" it
 
@@ -78,7 +81,7 @@ def translate_lines(
         for number, text in numbered:
             item = _encode(gen, number, text)
             window.append(item)
-            tokens += rows * len(item[2] or ())
+            tokens += rows * (len(item[2] or ()) + options.max_new_tokens)
             if tokens >= budget or len(window) >= 1 << 16:
                 break
         if not window:
@@ -108,7 +111,7 @@ def _encode(gen: Generator, number: int, text: str) -> tuple[int, str, list[int]
 def _decode_window(
     gen: Generator, items: list, options: DecodingOptions, batching: Batching, rows: int
 ) -> dict[int, Translation]:
-    """Decode one window's sources, shortest first, in batches of at most max_tokens decoder tokens."""
+    """Decode one window's sources, shortest first, in batches of at most max_tokens tokens (see above)."""
     items = sorted(items, key=lambda item: len(item[2]))
     results: dict[int, Translation] = {}
     batch: list = []
@@ -116,7 +119,7 @@ def _decode_window(
     for item in [*items, None]:
         if item is not None and batch:
             longest = len(item[2])  # sorted: the newcomer is the longest
-            fits = (len(batch) + 1) * rows * longest <= batching.max_tokens
+            fits = (len(batch) + 1) * rows * (longest + options.max_new_tokens) <= batching.max_tokens
             if fits and not (equal_lengths and longest != len(batch[0][2])):
                 batch.append(item)
                 continue

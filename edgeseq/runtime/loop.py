@@ -19,6 +19,7 @@ from edgeseq.errors import BundleError
 from edgeseq.runtime.batching import pad_batch
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis, Strategy, make_strategy
+from edgeseq.runtime.step import HeadRequest, StepOutput
 
 SOURCE_IDS, SOURCE_MASK = "src_ids", "src_mask"
 
@@ -31,12 +32,16 @@ class Backend(Protocol):
     special_tokens: dict[str, int]  # target ids: eos, decoder_start (pad, bos where the model has them)
     source_pad: int  # fills the padded positions of src_ids
     masked_padding: bool  # False: the model ignores src_mask, so only equal-length sources share a batch
+    offers: frozenset[str]  # what the step graph's head can choose ("greedy", "beam"; runtime/step.py)
 
     def context(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """{src_ids, src_mask} -> every encoder and attention output, by name."""
 
-    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The decoder step graph's inputs by name -> its outputs by name."""
+    def step(self, feeds: dict[str, np.ndarray], request: HeadRequest | None = None) -> dict[str, np.ndarray]:
+        """The decoder step graph's inputs by name -> its outputs by name; `request` asks its head to choose."""
+
+    def chosen(self, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The head's (scores, ids) in a step's outputs, after a request."""
 
 
 @dataclass
@@ -88,11 +93,13 @@ class Decoding:
         self.backend, self.spec, self.options = backend, spec, options
         src_ids, src_mask = pad_batch(sources, backend.source_pad)
         self.state = initial_state(backend, src_ids, src_mask, spec)
-        self.strategy: Strategy = make_strategy(options, [len(s) for s in sources], backend.special_tokens, banned)
+        vocab = backend.step_graph.output(spec.logits_output).shape[-1]
+        self.strategy: Strategy = make_strategy(
+            options, [len(s) for s in sources], backend.special_tokens, banned, vocab if isinstance(vocab, int) else 0
+        )
         self.axes = batch_axes(backend)
         self.row_sources = np.arange(len(sources))
         self.step_inputs = [t.name for t in backend.step_graph.inputs]
-        self._zero_bias: np.ndarray | None = None  # the greedy head's bias when the strategy sets none
         self._take(self.strategy.start_rows(), force=True)
 
     def _take(self, rows: np.ndarray, force: bool = False) -> None:
@@ -115,41 +122,27 @@ class Decoding:
 
     def steps(self) -> Iterator[list[tuple[int, int]]]:
         """Run the decoder; after each step yield the (source, token) pairs decided at it."""
-        spec, strategy = self.spec, self.strategy
+        spec, strategy, backend = self.spec, self.strategy, self.backend
         pairs = [(s.input, s.output) for s in spec.states]
         alignment = spec.alignment_output if self.options.return_alignments else None
-        head = self._head()
-        vocab = self.backend.step_graph.input(head).shape[0] if head else 0
         for step in range(self.options.max_new_tokens):
             feeds = {**self.fixed, **self.state.states, spec.tokens_input: strategy.last_tokens()}
             if spec.step_input:
                 feeds[spec.step_input] = np.array(step, dtype=np.int64)
-            bias = strategy.head_bias(step, vocab) if head else None
-            if head:
-                feeds[head] = bias if bias is not None else self._zeros(vocab)
-            out = self.backend.step(feeds)
-            align = out.get(alignment) if alignment else None
-            if bias is not None:  # the step graph chose: only token ids and log-probabilities are read
-                keep = strategy.update_chosen(out[spec.head_token_output], out[spec.head_logprob_output], step, align)
-            else:
-                keep = strategy.update(np.asarray(out[spec.logits_output]), step, align)
+            request = strategy.request(step, backend.offers)
+            out = backend.step(feeds, request)
+            result = StepOutput(
+                lambda out=out: out[spec.logits_output],
+                backend.chosen(out) if request is not None else None,
+                out.get(alignment) if alignment else None,
+            )
+            keep = strategy.update(step, result)
             self.state.states = {i: out[o] for i, o in pairs}
             if keep is not None:
                 self._take(keep)
             yield self.strategy.emitted()
             if self.strategy.done():
                 return
-
-    def _head(self) -> str | None:
-        """The step graph's greedy-head bias input, if this spec declares one and this backend's graph has it."""
-        name = self.spec.head_bias_input
-        usable = getattr(self.backend, "use_head", True)
-        return name if name and usable and any(t.name == name for t in self.backend.step_graph.inputs) else None
-
-    def _zeros(self, vocab: int) -> np.ndarray:
-        if self._zero_bias is None or len(self._zero_bias) != vocab:
-            self._zero_bias = np.zeros(vocab, dtype=np.float32)
-        return self._zero_bias
 
     def results(self) -> list[list[Hypothesis]]:
         """Per source in input order, its hypotheses best first."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.processors import beyond_bias, log_softmax, needs_processing, process, sample, top_indices, warp
+from edgeseq.runtime.step import BEAM, GREEDY, HeadRequest, StepOutput
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,11 @@ class Strategy(Protocol):
     def last_tokens(self) -> np.ndarray:
         """(rows,) int64: the token each row feeds to the next step."""
 
-    def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
-        """Take one step's (rows, V) logits; return the rows to keep (None: all, unchanged)."""
+    def request(self, step: int, offers: frozenset[str]) -> HeadRequest | None:
+        """What to ask of the step graph's head at `step` (among what it offers), or None for the logits."""
 
-    def head_bias(self, step: int, vocab: int) -> np.ndarray | None:
-        """The (V,) bias for the step graph's greedy head if it can choose this step's tokens, else None."""
-
-    def update_chosen(
-        self, tokens: np.ndarray, logprobs: np.ndarray, step: int, alignment: np.ndarray | None
-    ) -> np.ndarray | None:
-        """Like `update`, with the head's choice: (rows,) tokens and their log-probabilities."""
+    def update(self, step: int, result: StepOutput) -> np.ndarray | None:
+        """Take one step's result; return the rows to keep (None: all, unchanged)."""
 
     def emitted(self) -> list[tuple[int, int]]:
         """(source, token) pairs decided for good at the last update, </s> included, for streaming (empty for
@@ -69,7 +65,7 @@ class _Row:
 
 
 class _Search:
-    """What every strategy keeps: the options, banned tokens, source lengths and </s>."""
+    """What every strategy keeps: the options, banned tokens, source lengths, </s> and the vocabulary size."""
 
     def __init__(
         self,
@@ -77,15 +73,20 @@ class _Search:
         special_tokens: dict[str, int],
         options: DecodingOptions,
         banned: tuple[int, ...],
+        vocab: int,
     ) -> None:
-        self.options, self.banned, self.lengths = options, banned, list(source_lengths)
+        self.options, self.banned, self.lengths, self.vocab = options, banned, list(source_lengths), vocab
         self.eos = special_tokens["eos"]
+        self._biases: dict[bool, np.ndarray] = {}
 
-    def head_bias(self, step: int, vocab: int) -> np.ndarray | None:
-        return None  # by default a strategy wants the logits
-
-    def update_chosen(self, tokens, logprobs, step, alignment):
-        raise NotImplementedError(f"{type(self).__name__} does not take the greedy head's choice")
+    def bias(self, step: int) -> np.ndarray:
+        """(V,) float32: -inf at banned ids and, before the minimum length, at </s>; 0 elsewhere."""
+        no_eos = step < self.options.min_new_tokens
+        if no_eos not in self._biases:
+            bias = np.zeros(self.vocab, dtype=np.float32)
+            bias[list(self.banned) + ([self.eos] if no_eos else [])] = -np.inf
+            self._biases[no_eos] = bias
+        return self._biases[no_eos]
 
 
 class TokenByToken(_Search):
@@ -100,8 +101,9 @@ class TokenByToken(_Search):
         special_tokens: dict[str, int],
         options: DecodingOptions,
         banned: tuple[int, ...] = (),
+        vocab: int = 0,
     ) -> None:
-        super().__init__(source_lengths, special_tokens, options, banned)
+        super().__init__(source_lengths, special_tokens, options, banned, vocab)
         copies = options.nbest if options.sample else 1
         self.rows = [
             _Row(s, [], 0.0, [] if options.return_alignments else None)
@@ -118,7 +120,6 @@ class TokenByToken(_Search):
         seed = options.seed
         self.generators = [np.random.default_rng(None if seed is None else [seed, i]) for i in range(len(self.rows))]
         self._emitted: list[tuple[int, int]] = []
-        self._biases: dict[tuple[bool, int], np.ndarray] = {}
 
     def start_rows(self) -> np.ndarray:
         return np.array([r.source for r in self.rows], dtype=np.int64)
@@ -130,9 +131,19 @@ class TokenByToken(_Search):
     def last_tokens(self) -> np.ndarray:
         return self.buffer[:, self.length - 1]
 
-    def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
+    def request(self, step: int, offers: frozenset[str]) -> HeadRequest | None:
+        """Greedy with bans and a minimum length only: the head's argmax of logits + bias is our choice."""
+        if GREEDY not in offers or not self.vocab or self.options.sample or beyond_bias(self.options, step):
+            return None
+        return HeadRequest(GREEDY, self.bias(step))
+
+    def update(self, step: int, result: StepOutput) -> np.ndarray | None:
+        if result.chosen is not None:  # the step graph chose: only token ids and log-probabilities are read
+            scores, ids = result.chosen
+            gained, chosen = np.asarray(scores)[:, 0], np.asarray(ids)[:, 0]
+            return self._advance(*self._end_dead(chosen, gained, ~np.isfinite(gained)), result.alignment)
         # This runs once per token: few numpy calls, no (rows, V) temporaries beyond the one exp.
-        o = self.options
+        o, logits = self.options, result.logits
         if needs_processing(o, self.banned, step):
             scores = process(logits.astype(np.float32, copy=True), self.history, step, o, self.eos, self.banned)
         else:
@@ -150,7 +161,7 @@ class TokenByToken(_Search):
         else:
             chosen = scores.argmax(axis=-1)
             gained = -lse  # the greedy choice is the maximum: its log-probability is -lse
-        return self._advance(*self._end_dead(chosen, gained, dead), alignment)
+        return self._advance(*self._end_dead(chosen, gained, dead), result.alignment)
 
     def _end_dead(self, chosen: np.ndarray, gained: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows with no allowed token end with </s> and a score of -inf (probability 0 under the constraints)."""
@@ -158,24 +169,6 @@ class TokenByToken(_Search):
             chosen = np.where(dead, self.eos, chosen)
             gained = np.where(dead, -np.inf, gained)
         return chosen, gained
-
-    def head_bias(self, step: int, vocab: int) -> np.ndarray | None:
-        """Greedy with bans and a minimum length only: the head's argmax of logits + bias is our choice."""
-        o = self.options
-        if o.sample or beyond_bias(o, step):
-            return None
-        no_eos = step < o.min_new_tokens
-        if (no_eos, vocab) not in self._biases:
-            bias = np.zeros(vocab, dtype=np.float32)
-            bias[list(self.banned) + ([self.eos] if no_eos else [])] = -np.inf
-            self._biases[no_eos, vocab] = bias
-        return self._biases[no_eos, vocab]
-
-    def update_chosen(
-        self, tokens: np.ndarray, logprobs: np.ndarray, step: int, alignment: np.ndarray | None
-    ) -> np.ndarray | None:
-        logprobs = np.asarray(logprobs)
-        return self._advance(*self._end_dead(np.asarray(tokens), logprobs, ~np.isfinite(logprobs)), alignment)
 
     def _advance(self, chosen: np.ndarray, gained: np.ndarray, alignment: np.ndarray | None) -> np.ndarray | None:
         """Append each row's token and score; rows that chose </s> leave the batch."""
@@ -230,13 +223,14 @@ class BeamSearch(_Search):
         special_tokens: dict[str, int],
         options: DecodingOptions,
         banned: tuple[int, ...] = (),
+        vocab: int = 0,
     ) -> None:
-        super().__init__(source_lengths, special_tokens, options, banned)
+        super().__init__(source_lengths, special_tokens, options, banned, vocab)
         self.k = options.beam_size
         n = len(source_lengths)
         self.sources = np.arange(n)  # sources still searching, in batch order; each has k rows
         self.history = np.full((n * self.k, 1), special_tokens["decoder_start"], dtype=np.int64)
-        self.beam_scores = np.zeros((n, self.k), dtype=np.float64)
+        self.beam_scores = np.zeros((n, self.k), dtype=np.float32)  # float32, as HF's scores
         self.beam_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand
         self.align: np.ndarray | None = None  # (rows, t, src_len) when alignments are asked for
         self.finished: list[list[tuple[float, tuple[int, ...], np.ndarray | None]]] = [[] for _ in range(n)]
@@ -247,20 +241,32 @@ class BeamSearch(_Search):
     def last_tokens(self) -> np.ndarray:
         return self.history[:, -1]
 
-    def update(self, logits: np.ndarray, step: int, alignment: np.ndarray | None) -> np.ndarray | None:
-        k, o = self.k, self.options
+    def request(self, step: int, offers: frozenset[str]) -> HeadRequest | None:
+        """The head's top 2k per source, unless a processor beyond a bias acts at this step."""
+        if BEAM not in offers or not self.vocab or beyond_bias(self.options, step):
+            return None
+        return HeadRequest(BEAM, self.bias(step), self.beam_scores)
+
+    def update(self, step: int, result: StepOutput) -> np.ndarray | None:
+        k, o, vocab = self.k, self.options, self.vocab
         length, last = step + 1, step + 1 >= o.max_new_tokens  # tokens once this step's token is appended
-        logprobs = process(log_softmax(logits), self.history, step, o, self.eos, self.banned)
-        vocab = logprobs.shape[-1]
-        # float32 like HF's scores: a float64 sum over (rows, V) would double the memory traffic
-        flat = (logprobs + self.beam_scores.reshape(-1, 1).astype(np.float32)).reshape(len(self.sources), k * vocab)
-        top = top_indices(flat, 2 * k)  # (n, 2k) best continuations, best first
+        if result.chosen is not None:  # (n, 2k) best continuations and their flat ids (beam * V + token)
+            best, top = (np.asarray(a) for a in result.chosen)
+        else:
+            logits = result.logits
+            vocab = logits.shape[-1]
+            logprobs = process(log_softmax(logits), self.history, step, o, self.eos, self.banned)
+            # float32 like HF's scores: a float64 sum over (rows, V) would double the memory traffic
+            flat = (logprobs + self.beam_scores.reshape(-1, 1)).reshape(len(self.sources), k * vocab)
+            top = top_indices(flat, 2 * k)  # (n, 2k) best continuations, best first
+            best = np.take_along_axis(flat, top, axis=-1)
+        alignment = result.alignment
         if o.return_alignments and alignment is not None:
             step_align = alignment[:, None, :]
             self.align = step_align if self.align is None else np.concatenate([self.align, step_align], axis=1)
         keep, tokens, scores, still = [], [], [], []
         for i, source in enumerate(self.sources):
-            cands = [(float(flat[i, j]), i * k + int(j) // vocab, int(j) % vocab) for j in top[i]]
+            cands = [(float(s), i * k + int(j) // vocab, int(j) % vocab) for s, j in zip(best[i], top[i])]
             ends = [token == self.eos or last for _, _, token in cands]
             for rank, ((score, row, token), end) in enumerate(zip(cands, ends)):
                 if end and rank < k:
@@ -275,7 +281,7 @@ class BeamSearch(_Search):
                 scores.append(score)
         keep = np.array(keep, dtype=np.int64)
         self.history = np.concatenate([self.history[keep], np.array(tokens, dtype=np.int64)[:, None]], axis=1)
-        self.beam_scores = np.array(scores, dtype=np.float64).reshape(len(still), k)
+        self.beam_scores = np.array(scores, dtype=np.float32).reshape(len(still), k)
         self.sources = np.array(still, dtype=np.int64)
         if self.align is not None:
             self.align = self.align[keep]
@@ -319,7 +325,8 @@ def make_strategy(
     source_lengths: Sequence[int],
     special_tokens: dict[str, int],
     banned: tuple[int, ...] = (),
+    vocab: int = 0,
 ) -> Strategy:
     """The strategy that `options` asks for: beam search for beam_size > 1, else greedy or sampling."""
     cls = BeamSearch if options.beam_size > 1 else TokenByToken
-    return cls(source_lengths, special_tokens, options, banned)
+    return cls(source_lengths, special_tokens, options, banned, vocab)

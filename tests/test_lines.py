@@ -1,0 +1,72 @@
+"""Translating a stream of lines (runtime/lines.py): bounded batches, input order, bad lines."""
+
+import numpy as np
+import pytest
+
+from edgeseq.errors import InputError
+from edgeseq.runtime import DecodingOptions, Generator
+from edgeseq.runtime.lines import Batching
+
+
+def lines_of(gen, count, seed=0):
+    vocab = gen.bundle.source_vocab
+    regular = [t for i, t in enumerate(vocab.tokens) if i not in set(vocab.specials.values())]
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(regular, size=rng.integers(1, 30))) for _ in range(count)]
+
+
+@pytest.fixture
+def recorded(bundle_factory, monkeypatch):
+    gen = Generator(bundle_factory()[0])
+    batches = []
+    original = gen.translate_ids
+
+    def translate_ids(sources, options):
+        batches.append([len(s) for s in sources])
+        return original(sources, options)
+
+    monkeypatch.setattr(gen, "translate_ids", translate_ids)
+    return gen, batches
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_batches_are_bounded_sorted_and_results_come_back_in_input_order(recorded, beam):
+    gen, batches = recorded
+    options = DecodingOptions(max_new_tokens=6, beam_size=beam)
+    texts = lines_of(gen, 120)
+    batching = Batching(max_tokens=400, window=3)
+    got = list(gen.translate_lines(iter(texts), options, batching))
+    seen = list(batches)
+    assert [r.line for r in got] == list(range(1, 121)) and [r.source for r in got] == texts
+    expected = [t.text for t in gen.generate(texts, options)]  # one batch
+    assert [r.translation.text for r in got] == expected
+    assert len(seen) > 6 and sum(map(len, seen)) == 120
+    for lengths in seen:  # rows x (longest source + max_new_tokens) within the budget, or a single source
+        assert len(lengths) == 1 or len(lengths) * beam * (max(lengths) + 6) <= 400
+        assert lengths == sorted(lengths)
+
+
+def test_a_longer_output_budget_makes_smaller_batches(recorded):
+    gen, batches = recorded
+    texts = lines_of(gen, 60)
+    largest = {}
+    for new in (4, 40):
+        batches.clear()
+        list(gen.translate_lines(iter(texts), DecodingOptions(max_new_tokens=new), Batching(max_tokens=600)))
+        largest[new] = max(len(b) for b in batches)
+    assert largest[40] < largest[4]
+
+
+def test_bad_lines_stop_with_their_number_or_are_skipped(bundle_factory):
+    gen = Generator(bundle_factory()[0])
+    texts = [*lines_of(gen, 5), "", *lines_of(gen, 4, seed=1)]
+    options = DecodingOptions(max_new_tokens=5)
+    got = list(gen.translate_lines(iter(texts), options, Batching(on_error="skip")))
+    assert [r.line for r in got] == list(range(1, 11))
+    assert got[5].translation is None and "empty" in got[5].error
+    assert all(r.translation is not None for i, r in enumerate(got) if i != 5)
+    done = []
+    with pytest.raises(InputError, match="line 6: empty"):
+        for r in gen.translate_lines(iter(texts), options, Batching(on_error="stop")):
+            done.append(r.line)
+    assert done == [1, 2, 3, 4, 5]  # the lines before it still come out
