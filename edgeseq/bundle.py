@@ -113,6 +113,8 @@ class DecoderSpec:
     step_input: str | None = None  # () int64: index of the token being generated, for positions
     alignment_output: str | None = None  # (batch, src_len): attention weights of this step
     head: HeadSpec | None = None  # what the step computes from its logits (export/head.py)
+    # (rows,) int64: the previous step's row each row continues, gathered inside the step (export/reorder.py)
+    reorder_input: str | None = None
     # Bundles made before the head had modes: a greedy-only head, bias (V,) in, (rows,) token and
     # log-probability out. Still read and used.
     head_bias_input: str | None = None
@@ -124,10 +126,14 @@ class DecoderSpec:
         legacy = (self.head_bias_input, self.head_token_output, self.head_logprob_output)
         return (self.head.names() if self.head else ()) + tuple(n for n in legacy if n)
 
+    def added_names(self) -> tuple[str, ...]:
+        """What edgeseq adds to the model's own step graph: the head's names and the reorder input."""
+        return self.head_names() + ((self.reorder_input,) if self.reorder_input else ())
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["states"] = [s.to_json() for s in self.states]
-        for legacy in ("head_bias_input", "head_token_output", "head_logprob_output"):
+        for legacy in ("head_bias_input", "head_token_output", "head_logprob_output", "reorder_input"):
             if d[legacy] is None:
                 del d[legacy]
         return d
@@ -228,7 +234,7 @@ def wiring_problems(graphs: dict[str, GraphSpec], decoder: DecoderSpec) -> list[
         if name not in graphs:
             continue
         feeds = available | (
-            {decoder.tokens_input, decoder.step_input, *decoder.head_names()} | {s.input for s in decoder.states}
+            {decoder.tokens_input, decoder.step_input, *decoder.added_names()} | {s.input for s in decoder.states}
             if name == "decoder_step"
             else set()
         )

@@ -122,7 +122,14 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
         head=head,
         **{
             k: r.name(dec, k, "decoder.", optional=True)
-            for k in ("step_input", "alignment_output", "head_bias_input", "head_token_output", "head_logprob_output")
+            for k in (
+                "step_input",
+                "alignment_output",
+                "head_bias_input",
+                "head_token_output",
+                "head_logprob_output",
+                "reorder_input",
+            )
         },
     )
     source_size = r.size(data, "source_vocab_size", MAX_DIM)
@@ -392,6 +399,12 @@ def _check_references(m: Manifest, where: str) -> None:
                 problems.append(f"decoder.head: {name!r} is not a tensor of decoder_step")
             elif (len(table[name].shape) != shape) if isinstance(shape, int) else (table[name].shape != shape):
                 problems.append(f"decoder.head: {name!r} has shape {list(table[name].shape)}")
+    if d.reorder_input and (
+        d.reorder_input not in step_in
+        or step_in[d.reorder_input].dtype != "int64"
+        or len(step_in[d.reorder_input].shape) != 1
+    ):
+        problems.append(f"decoder.reorder_input {d.reorder_input!r} must be a (rows,) int64 input of decoder_step")
     if d.step_input and d.step_input not in step_in:
         problems.append(f"decoder.step_input {d.step_input!r} is not an input of decoder_step")
     for i, s in enumerate(d.states):

@@ -15,6 +15,7 @@ from edgeseq.bundle import DecoderSpec, GraphSpec
 from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
 from edgeseq.export.head import add_head
 from edgeseq.export.parity import sample_sources
+from edgeseq.export.reorder import add_reorder
 from edgeseq.export.simplify import simplify_graph
 from edgeseq.export.trace import trace_graph
 from edgeseq.export.weights import share_weights, split_projections
@@ -44,6 +45,7 @@ def write_graphs(
         step = specs["decoder_step"]
         specs = dict(specs)
         specs["decoder_step"], decoder = add_head(folder / step.file, step, decoder)
+        specs["decoder_step"], decoder = add_reorder(folder / step.file, specs["decoder_step"], decoder)
     progress("sharing weights between graphs")
     files = [spec.file for spec in specs.values()]
     sharing = share_weights(folder, files)

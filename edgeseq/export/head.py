@@ -186,8 +186,9 @@ def add_head(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[GraphSp
 
 
 def without_head(spec: GraphSpec, decoder: DecoderSpec) -> GraphSpec:
-    """The graph's I/O as the model declares it: the head's inputs and outputs taken out (for comparisons)."""
-    head = set(decoder.head_names())
+    """The graph's I/O as the model declares it: what edgeseq added (the head, the reorder input) taken out,
+    for comparisons."""
+    head = set(decoder.added_names())
     return dataclasses.replace(
         spec,
         inputs=tuple(t for t in spec.inputs if t.name not in head),

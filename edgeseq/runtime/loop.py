@@ -19,7 +19,7 @@ from edgeseq.errors import BundleError
 from edgeseq.runtime.batching import pad_batch
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis, Strategy, make_strategy
-from edgeseq.runtime.step import HeadRequest, StepOutput
+from edgeseq.runtime.step import REORDER, HeadRequest, StepOutput
 
 SOURCE_IDS, SOURCE_MASK = "src_ids", "src_mask"
 
@@ -32,7 +32,7 @@ class Backend(Protocol):
     special_tokens: dict[str, int]  # target ids: eos, decoder_start (pad, bos where the model has them)
     source_pad: int  # fills the padded positions of src_ids
     masked_padding: bool  # False: the model ignores src_mask, so only equal-length sources share a batch
-    offers: frozenset[str]  # what the step graph's head can choose ("greedy", "beam"; runtime/step.py)
+    offers: frozenset[str]  # what the step graph's head can choose ("greedy", "beam"), "reorder" (runtime/step.py)
 
     def context(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """{src_ids, src_mask} -> every encoder and attention output, by name."""
@@ -100,6 +100,9 @@ class Decoding:
         self.axes = batch_axes(backend)
         self.row_sources = np.arange(len(sources))
         self.step_inputs = [t.name for t in backend.step_graph.inputs]
+        # the step graph gathers its states for the new rows itself (export/reorder.py): the loop feeds the rows
+        self.reorder = spec.reorder_input if REORDER in backend.offers else None
+        self.rows: dict[str, np.ndarray] = {}
         self._take(self.strategy.start_rows(), force=True)
 
     def _take(self, rows: np.ndarray, force: bool = False) -> None:
@@ -109,9 +112,12 @@ class Decoding:
             return
         sources = self.row_sources[rows]
         if not same:
-            specs = {s.input: s for s in self.spec.states}
-            # numpy arrays and device tensors (runtime/binding.py) both have take(rows, axis=...)
-            self.state.states = {k: v.take(rows, axis=specs[k].batch_axis) for k, v in self.state.states.items()}
+            if self.reorder:
+                self.rows = {self.reorder: rows.astype(np.int64, copy=False)}
+            else:
+                specs = {s.input: s for s in self.spec.states}
+                # numpy arrays and device tensors (runtime/binding.py) both have take(rows, axis=...)
+                self.state.states = {k: v.take(rows, axis=specs[k].batch_axis) for k, v in self.state.states.items()}
             if not np.array_equal(sources, self.row_sources):  # beams reordered within a source share context
                 self.state.context = {
                     k: v.take(rows, axis=self.axes[k]) if k in self.axes else v for k, v in self.state.context.items()
@@ -126,7 +132,8 @@ class Decoding:
         pairs = [(s.input, s.output) for s in spec.states]
         alignment = spec.alignment_output if self.options.return_alignments else None
         for step in range(self.options.max_new_tokens):
-            feeds = {**self.fixed, **self.state.states, spec.tokens_input: strategy.last_tokens()}
+            feeds = {**self.fixed, **self.state.states, **self.rows, spec.tokens_input: strategy.last_tokens()}
+            self.rows = {}
             if spec.step_input:
                 feeds[spec.step_input] = np.array(step, dtype=np.int64)
             request = strategy.request(step, backend.offers)

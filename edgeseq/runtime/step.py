@@ -1,6 +1,7 @@
 """What a strategy asks of a decoder step, and what it gets back.
 
-A backend says what its step graph's head can compute (`offers`: "greedy", "beam"; export/head.py). Before
+A backend says what its step graph's head can compute (`offers`: "greedy", "beam"; export/head.py), and
+whether the step reorders its own states ("reorder": export/reorder.py). Before
 each step a strategy asks for one of those (`HeadRequest`) or for nothing (it reads the logits); after the
 step it gets a `StepOutput`: the head's choices when it asked for them, the logits otherwise (fetched only
 when read), and the attention weights.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 GREEDY, BEAM = "greedy", "beam"
+REORDER = "reorder"  # the step graph carries its states to the next step's rows itself (export/reorder.py)
 
 
 @dataclass(frozen=True)
