@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseq.bundle import DecoderSpec, SourceFraming
+from edgeseq.bundle import DecoderSpec, Manifest, SourceFraming
 from edgeseq.runtime.batching import pad_batch, random_sources
 from edgeseq.runtime.loop import decode, initial_state
 from edgeseq.runtime.options import DecodingOptions
@@ -50,6 +50,15 @@ PRECISION_THRESHOLDS = {
         atol=None, step_atol=None, min_step_agreement=0.95, min_exact_match=0.85, max_bleu_drop=2.0, min_text_match=0.85
     ),
 }
+
+
+def precision_of(manifest: Manifest) -> str:
+    """'int8', 'fp16' or 'fp32': the lowest precision any graph of the bundle runs in."""
+    recipe = (manifest.provenance.get("quantize") or {}).get("recipe", {})
+    modes = set(recipe.values()) if isinstance(recipe, dict) else set()
+    if any("int8" in str(m) for m in modes):
+        return "int8"
+    return "fp16" if "fp16" in modes else "fp32"
 
 
 def count(part: int, whole: int) -> str:
@@ -119,12 +128,14 @@ class ParityReport:
     sequences: list[SequenceCheck] = field(default_factory=list)
     quality: QualityCheck | None = None
     text: Any = None  # a TextCheck (export/text_check.py): the bundle's text against the user's pipeline
+    generate: Any = None  # a GenerateCheck (export/generate_check.py): generate.onnx against the loop
     notes: list[str] = field(default_factory=list)  # what the user should know (e.g. unmasked padding)
     declarations: list[str] = field(default_factory=list)  # ids/framing the bundle declares unlike the reference
 
     @property
     def ok(self) -> bool:
-        checks = [*self.outputs, *self.sequences, *(c for c in (self.steps, self.quality, self.text) if c is not None)]
+        extra = (self.steps, self.quality, self.text, self.generate)
+        checks = [*self.outputs, *self.sequences, *(c for c in extra if c is not None)]
         return all(c.ok for c in checks) and not self.declarations
 
     def failures(self) -> list[str]:
@@ -139,8 +150,9 @@ class ParityReport:
         bad += [f"{q.name}: exact match {count(q.exact, q.sources)}" for q in self.sequences if not q.ok]
         if self.quality is not None and not self.quality.ok:
             bad.append(f"BLEU {self.quality.bleu:.2f} vs reference {self.quality.bleu_reference:.2f}")
-        if self.text is not None and not self.text.ok:
-            bad.append(self.text.describe())
+        for check in (self.text, self.generate):
+            if check is not None and not check.ok:
+                bad.append(check.describe())
         bad += [f"declared differently: {d}" for d in self.declarations]
         return bad
 
@@ -153,6 +165,7 @@ class ParityReport:
             "sequences": [{**asdict(s), "exact_match": s.exact_match} for s in self.sequences],
             "quality": asdict(self.quality) if self.quality else None,
             "text": self.text.to_json() if self.text else None,
+            "generate": self.generate.to_json() if self.generate else None,
             "notes": list(self.notes),
             "declarations": list(self.declarations),
         }
@@ -189,6 +202,8 @@ class ParityReport:
             ]
         if self.text:
             lines += ["", self.text.line()]
+        if self.generate:
+            lines += ["", f"{self.generate.describe()}  {'ok' if self.generate.ok else 'FAIL'}"]
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"declared differently: {d}  FAIL" for d in self.declarations]
         lines += ["", "PASS" if self.ok else "FAIL: " + "; ".join(self.failures())]

@@ -29,6 +29,8 @@ from edgeseq.bundle import DecoderSpec, GraphSpec, Manifest, SourceFraming, file
 from edgeseq.errors import InputError, OptionsError, ParityError
 from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
 from edgeseq.export.families import family_of
+from edgeseq.export.generate_check import check_generate, with_generate
+from edgeseq.export.generate_graph import GRAPH
 from edgeseq.export.graphs import padding_is_masked, write_graphs
 from edgeseq.export.parity import ParityReport, Thresholds, check_parity, sample_sources
 from edgeseq.export.text_check import check_text, random_texts, reference_outputs
@@ -55,7 +57,8 @@ class ExportOptions:
     max_source_length: int | None = None  # longest source the bundle accepts (None: the model's limit)
     check_parity: bool = True  # validate against PyTorch and refuse a bundle that fails
     simplify: bool = True  # run onnxsim on each graph (a graph it fails on is kept as traced)
-    head: bool = True  # append the head (greedy argmax, beam top-k; export/head.py) to the step graph
+    head: bool = True  # append the head (greedy argmax, beam top-k) and the states' reorder to the step graph
+    generate_graph: bool = True  # compose the whole decoding loop into generate.onnx (export/generate_graph.py)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -289,6 +292,9 @@ def run_checks(plan: Plan, folder: Path, decoder: DecoderSpec, checks: Checks, p
         report.text = check_text(
             bundle, texts, expected, options.thresholds.min_text_match, checks.reference_name, decoding
         )
+    if GRAPH in bundle.manifest.graphs:
+        progress("checking generate.onnx against the Python loop")
+        report.generate = check_generate(bundle, sources, options.max_new_tokens, bundle.manifest.banned_tokens)
     return report
 
 
@@ -346,6 +352,9 @@ def export_model(
         manifest = build_manifest(
             plan, specs, decoder, tmp, entry, {**(made_from or {}), **made}, generation or {}, banned_tokens
         )
+        if plan.options.generate_graph:
+            progress("composing generate.onnx")
+            manifest = with_generate(tmp, manifest)
         manifest.save(tmp)
         report = None
         if plan.options.check_parity:

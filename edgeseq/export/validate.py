@@ -8,13 +8,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgeseq.bundle import MANIFEST, Manifest, file_sha256
+from edgeseq.bundle import MANIFEST, file_sha256
 from edgeseq.errors import BundleError, InputError, OptionsError
 from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
 from edgeseq.export.checkpoint import load_checkpoint
 from edgeseq.export.head import without_head
 from edgeseq.export.hf import is_hf_checkpoint
-from edgeseq.export.parity import PRECISION_THRESHOLDS, ParityReport, Thresholds, check_parity, sample_sources
+from edgeseq.export.parity import (
+    PRECISION_THRESHOLDS,
+    ParityReport,
+    Thresholds,
+    check_parity,
+    precision_of,
+    sample_sources,
+)
 from edgeseq.export.pipeline import adapter_for, encodable, resolve_framing
 from edgeseq.export.text_check import check_text, random_texts, reference_outputs
 from edgeseq.export.user import Loaded, call_user_function, prepare
@@ -36,15 +43,6 @@ def read_pairs(path: str | Path) -> tuple[list[str], list[str] | None]:
     if any(with_refs) and not all(with_refs):
         raise InputError(f"{path}: give a reference on every line or on none")
     return [r[0] for r in rows], ([r[1] for r in rows] if all(with_refs) else None)
-
-
-def precision_of(manifest: Manifest) -> str:
-    """'int8', 'fp16' or 'fp32': the lowest precision any graph of the bundle runs in."""
-    recipe = (manifest.provenance.get("quantize") or {}).get("recipe", {})
-    modes = set(recipe.values()) if isinstance(recipe, dict) else set()
-    if any("int8" in str(m) for m in modes):
-        return "int8"
-    return "fp16" if "fp16" in modes else "fp32"
 
 
 def is_user_function(reference: str | Path) -> bool:

@@ -1,0 +1,172 @@
+"""generate.onnx's beam search: Hugging Face's semantics as runtime/search.py BeamSearch has them.
+
+Per step and source still searching: the 2K best continuations of log_softmax(logits) + bias + each beam's
+running score (flat over beams x vocabulary, ties to the lower index); those among the first K that end
+(</s>, or the length limit) compete for the source's K finished slots with their score / length **
+length_penalty (a kept hypothesis wins a tie); the first K that do not end run on. A source is done at the
+limit, with fewer than K running, or with its K slots full and early stopping or no running beam able to
+beat its worst; then its rows leave the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgeseq.export.compose import Nodes, elem_type, value
+from edgeseq.export.generate_loops import (
+    DOUBLE,
+    FLOAT,
+    INT,
+    Loop,
+    Parts,
+    branch,
+    context_type,
+    filled,
+    first_dim,
+    rows_unless,
+    zeros_state,
+)
+from edgeseq.export.generate_pool import best_first, offer
+
+
+def beam_loop(p: Parts, s: dict[str, str]) -> onnx.GraphProto:
+    """The If's then branch: beam search over `beam_size` beams per source."""
+    o = Nodes("beam/", p.opset)
+    d, V = p.manifest.decoder, p.vocab
+    ctx = p.encode(o)
+    i64 = lambda b, x: b.const(x, np.int64)  # noqa: E731
+    n = first_dim(o, "src_ids")
+    k1 = o.op("Reshape", ["beam_size", i64(o, [1])])
+    rows0 = o.op("Squeeze", [o.op("Mul", [n, k1])])
+    rep = o.op("Div", [o.op("Range", [i64(o, 0), rows0, i64(o, 1)]), "beam_size"])  # (nK,): each row's source
+    loop = Loop("beam", o, p, s)
+    b = loop.b
+    tok = loop.carry("tok", o.op("Expand", [i64(o, p.start), o.op("Mul", [n, k1])]), INT)
+    states = {
+        st.input: loop.carry(
+            f"state:{st.input}",
+            o.op("Gather", [ctx[st.init_from], rep], axis=st.batch_axis)
+            if st.init_from
+            else zeros_state(o, st, o.op("Mul", [n, k1])),
+            elem_type(st.dtype),
+        )
+        for st in d.states
+    }
+    context = {
+        k: loop.carry(f"ctx:{k}", o.op("Gather", [ctx[k], rep], axis=p.axes[k]), context_type(p, k))
+        for k in p.step_context
+    }
+    first = o.op("Equal", [o.op("Range", [i64(o, 0), "beam_size", i64(o, 1)]), i64(o, 0)])
+    start_scores = o.op("Where", [first, o.const(np.array(0.0, np.float32)), o.const(np.array(-1e9, np.float32))])
+    beam = loop.carry("beam", o.op("Expand", [start_scores, o.op("Concat", [n, k1], axis=0)]), FLOAT)  # (m, K)
+    hist = loop.carry("hist", filled(o, [o.op("Mul", [n, k1]), i64(o, [0])], 0, np.int64), INT)  # (mK, t)
+    sources = loop.carry("sources", o.op("Range", [i64(o, 0), o.op("Squeeze", [n]), i64(o, 1)]), INT)  # (m,)
+    # each source's finished hypotheses, in insertion order (export/generate_pool.py)
+    pool = {
+        "score": loop.carry("pool_s", filled(o, [n, k1], -np.inf, np.float64), DOUBLE),  # (n, K)
+        "length": loop.carry("pool_l", filled(o, [n, k1], 0, np.int64), INT),  # (n, K)
+        "tokens": loop.carry("pool_t", filled(o, [n, k1, i64(o, [0])], 0, np.int64), INT),  # (n, K, t)
+        "count": loop.carry("pool_c", filled(o, [n], 0, np.int64), INT),  # (n,) slots in use
+    }
+    # the previous row each row continues (states), and the same when sources left (context); empty: none
+    state_rows = loop.carry("rows", o.const(np.zeros(0, np.int64)), INT)
+    context_rows = loop.carry("ctx_rows", o.const(np.zeros(0, np.int64)), INT)
+
+    out, context = loop.step(tok, states, context, state_rows, context_rows)
+    forced, _, forced_row, bias = loop.forced()
+    K, it = "beam_size", loop.it
+    K2 = b.op("Mul", [K, i64(b, 2)])
+    kk = b.op("Reshape", [K, i64(b, [1])])
+    m = first_dim(b, sources)
+    logprobs = b.op("LogSoftmax", [out[d.logits_output]], axis=-1)  # (mK, V)
+    # bans and the minimum length act on log-probabilities (HF's order); a forced token scores 0
+    then_b, else_b = Nodes("beam/forced/", p.opset), Nodes("beam/free/", p.opset)
+    forced_all = then_b.identity(then_b.op("Expand", [forced_row, then_b.op("Shape", [logprobs])]), "beam.forced.out")
+    free = else_b.identity(else_b.op("Add", [logprobs, bias]), "beam.free.out")
+    scored = b.op(
+        "If",
+        [forced],
+        then_branch=helper.make_graph(then_b.nodes, "beam_forced", [], [value(forced_all, FLOAT)]),
+        else_branch=helper.make_graph(else_b.nodes, "beam_free", [], [value(free, FLOAT)]),
+    )
+    total = b.op("Add", [scored, b.op("Reshape", [beam, i64(b, [-1, 1])])])
+    flat = b.op("Reshape", [total, b.op("Concat", [m, b.op("Mul", [kk, i64(b, [V])])], axis=0)])  # (m, K * V)
+    best, top = b.op("TopK", [flat, b.op("Reshape", [K2, i64(b, [1])])], 2, axis=-1, largest=1, sorted=1)
+    token = b.op("Mod", [top, i64(b, V)])
+    base = b.op(
+        "Unsqueeze", [b.op("Mul", [b.op("Range", [i64(b, 0), b.op("Squeeze", [m]), i64(b, 1)]), K]), i64(b, [1])]
+    )
+    row = b.op("Add", [b.op("Div", [top, i64(b, V)]), base])  # (m, 2K): the row each candidate continues
+    length = b.op("Add", [it, i64(b, 1)])
+    divisor = b.op("Pow", [b.op("Cast", [length], to=DOUBLE), b.op("Cast", ["length_penalty"], to=DOUBLE)])
+    last = b.op("GreaterOrEqual", [length, s["limit"]])
+    is_eos = b.op("Equal", [token, i64(b, p.eos)])
+    ends = b.op("Or", [is_eos, last])  # (m, 2K)
+
+    def first_k(x: str) -> str:
+        return b.op("Slice", [x, i64(b, [0]), kk, i64(b, [1])])
+
+    # candidates among the first K that end: finished hypotheses, offered to the source's K slots in rank order
+    t1 = b.op("Reshape", [it, i64(b, [1])])  # tokens so far: the width of hist
+    parents = b.op("Gather", [hist, b.op("Reshape", [first_k(row), i64(b, [-1])])], axis=0)  # (mK, t)
+    parents = b.op("Reshape", [parents, b.op("Concat", [m, kk, t1], axis=0)], allowzero=1)  # (m, K, t)
+    eos_k = first_k(is_eos)
+    last_col = b.op("Unsqueeze", [b.op("Where", [eos_k, i64(b, p.pad), first_k(token)]), i64(b, [2])])
+    cand = {
+        "score": b.op("Div", [b.op("Cast", [first_k(best)], to=DOUBLE), divisor]),
+        "ok": first_k(ends),
+        "length": b.op("Add", [it, b.op("Cast", [b.op("Not", [eos_k])], to=INT)]),
+        "tokens": b.op("Concat", [parents, last_col], axis=2),  # (m, K, t + 1)
+    }
+    mine = {k: b.op("Gather", [pool[k], sources], axis=0) for k in pool}  # the sources still searching
+    mine["tokens"] = b.op("Concat", [mine["tokens"], filled(b, [m, kk, i64(b, [1])], p.pad, np.int64)], axis=2)
+    kept = offer(b, K, mine, cand)
+    at = b.op("Unsqueeze", [sources, i64(b, [1])])  # (m, 1)
+    n_all = first_dim(b, pool["count"])
+    grown = b.op("Concat", [pool["tokens"], filled(b, [n_all, kk, i64(b, [1])], p.pad, np.int64)], axis=2)
+    # the running beams: the first K candidates that do not end, in rank order
+    going = b.op("Not", [ends])
+    rank = b.op("Cast", [b.op("Range", [i64(b, 0), K2, i64(b, 1)])], to=FLOAT)
+    later = b.op("Add", [rank, b.op("Cast", [K2], to=FLOAT)])
+    _, run = b.op("TopK", [b.op("Where", [going, rank, later]), kk], 2, axis=1, largest=0, sorted=1)  # (m, K)
+    enough = b.op("GreaterOrEqual", [b.reduce("ReduceSum", b.op("Cast", [going], to=INT), [1]), K])  # (m,)
+    run_scores = b.op("GatherElements", [best, run], axis=1)  # (m, K)
+    # done: at the limit, fewer than K running, or K finished and no running beam can beat the worst
+    full = b.op("Equal", [kept["count"], K])
+    lead = b.op("Squeeze", [b.op("Slice", [run_scores, i64(b, [0]), i64(b, [1]), i64(b, [1])]), i64(b, [1])])
+    lead = b.op("Div", [b.op("Cast", [lead], to=DOUBLE), divisor])
+    hopeless = b.op("Or", ["early_stopping", b.op("LessOrEqual", [lead, b.reduce("ReduceMin", kept["score"], [1])])])
+    done = b.op("Or", [b.op("Or", [last, b.op("Not", [enough])]), b.op("And", [full, hopeless])])
+    stay = b.op("Reshape", [b.op("NonZero", [b.op("Not", [done])]), i64(b, [-1])])  # (m',) sources going on
+    next_tok = b.op(
+        "Reshape", [b.op("Gather", [b.op("GatherElements", [token, run], axis=1), stay], axis=0), i64(b, [-1])]
+    )
+    rows = b.op(
+        "Reshape", [b.op("Gather", [b.op("GatherElements", [row, run], axis=1), stay], axis=0), i64(b, [-1])]
+    )  # (m'K,): the row each new row continues
+    new = {
+        "tok": next_tok,
+        **{f"state:{st.input}": out[st.output] for st in d.states},
+        **{f"ctx:{k}": context[k] for k in p.step_context},
+        "rows": rows,
+        "ctx_rows": rows_unless(b, b.op("Equal", [b.op("Size", [rows]), b.op("Size", [tok])]), rows),
+        "beam": b.op("Gather", [run_scores, stay], axis=0),
+        "hist": b.op(
+            "Concat", [b.op("Gather", [hist, rows], axis=0), b.op("Unsqueeze", [next_tok, i64(b, [1])])], axis=1
+        ),
+        "sources": b.op("Gather", [sources, stay], axis=0),
+        "pool_s": b.op("ScatterND", [pool["score"], at, kept["score"]]),
+        "pool_l": b.op("ScatterND", [pool["length"], at, kept["length"]]),
+        "pool_t": b.op("ScatterND", [grown, at, kept["tokens"]]),
+        "pool_c": b.op("ScatterND", [pool["count"], at, kept["count"]]),
+    }
+    final = loop.close(new, b.op("Greater", [b.op("Size", [stay]), i64(b, 0)]))
+    finished = {
+        "score": final["pool_s"],
+        "length": final["pool_l"],
+        "tokens": final["pool_t"],
+        "count": final["pool_c"],
+    }
+    return branch(o, "beam", list(best_first(o, "beam_size", finished)))

@@ -1,0 +1,141 @@
+"""generate.onnx: the whole decoding loop as one standard ONNX graph, composed from the bundle's own graphs.
+
+The encoder and attention graphs run once; then an ONNX `Loop` runs the decoder step, its states carried
+from one iteration to the next by the manifest's state pairs (reordered along their batch axes for beam
+search). Greedy decoding and beam search are the two branches of an `If` on `beam_size`; both follow the
+Python runtime's rules exactly (runtime/search.py): the same bans and minimum length (-inf at banned ids and,
+before `min_new_tokens`, at </s>), forced BOS/EOS tokens scoring 0, rows with no allowed token ending with
+</s> and a score of -inf, and Hugging Face's beam search (2 x beam candidates, finished hypotheses among the
+top `beam`, scores divided by length ** length_penalty, early stopping or the attainable-score test). The
+operators are standard ONNX (the bundle's own graphs aside), so every ONNX Runtime build runs it,
+onnxruntime-web included. Weights are read from the bundle's weights.bin, as by the other graphs.
+
+Inputs (`defaults` gives the values a bundle decodes with when a caller has no others):
+    src_ids (batch, src_len) int64, src_mask (batch, src_len): framed, padded sources, as the encoder takes
+    max_new_tokens () int64; min_new_tokens () int64; beam_size () int64 (1: greedy)
+    length_penalty () float32; early_stopping () bool (beam search)
+    banned_ids (n,) int64 (never generated); forced_eos () bool; forced_bos_token () int64 (-1: none)
+Outputs (hypotheses best first; greedy has one per source, beam search beam_size):
+    tokens (batch, hyps, len) int64, without </s>, padded with the target <pad> (or </s>)
+    lengths (batch, hyps) int64; scores (batch, hyps) float32 (a slot beam search did not fill: length -1,
+    score -inf)
+
+Not in the graph: sampling, repetition penalty, no-repeat n-grams, alignments (the Python loop has them).
+Sources are decoded as one batch: for a model whose results change with padding (manifest masked_padding
+false), give sources of equal length only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgeseq.bundle import GraphSpec, Manifest, TensorSpec
+from edgeseq.errors import BundleError
+from edgeseq.export.compose import Initializers, Nodes, elem_type, lift_initializers, opset_imports
+from edgeseq.export.generate_beam import beam_loop
+from edgeseq.export.generate_loops import Parts, greedy_loop, shared_values
+
+FILE, GRAPH = "generate.onnx", "generate"
+SOURCE = ("src_ids", "src_mask")
+
+
+def input_specs(m: Manifest) -> tuple[TensorSpec, ...]:
+    enc = m.graphs["encoder"]
+    src = tuple(enc.input(n) for n in SOURCE)
+    return (
+        *src,
+        TensorSpec("max_new_tokens", "int64", ()),
+        TensorSpec("min_new_tokens", "int64", ()),
+        TensorSpec("beam_size", "int64", ()),
+        TensorSpec("length_penalty", "float32", ()),
+        TensorSpec("early_stopping", "bool", ()),
+        TensorSpec("banned_ids", "int64", ("banned",)),
+        TensorSpec("forced_eos", "bool", ()),
+        TensorSpec("forced_bos_token", "int64", ()),
+    )
+
+
+OUTPUTS = (
+    TensorSpec("tokens", "int64", ("batch", "hyps", "tokens_len")),
+    TensorSpec("lengths", "int64", ("batch", "hyps")),
+    TensorSpec("scores", "float32", ("batch", "hyps")),
+)
+
+
+def defaults(m: Manifest) -> dict[str, np.ndarray]:
+    """The values the optional inputs take when a caller does not feed them (from the manifest)."""
+    g = m.generation
+    return {
+        "max_new_tokens": np.array(int(g.get("max_new_tokens", m.max_new_tokens)), np.int64),
+        "min_new_tokens": np.array(int(g.get("min_new_tokens", 0)), np.int64),
+        "beam_size": np.array(int(g.get("beam_size", 1)), np.int64),
+        "length_penalty": np.array(float(g.get("length_penalty", 1.0)), np.float32),
+        "early_stopping": np.array(bool(g.get("early_stopping", False))),
+        "banned_ids": np.array(list(m.banned_tokens), np.int64),
+        "forced_eos": np.array(bool(g.get("forced_eos", False))),
+        "forced_bos_token": np.array(-1 if g.get("forced_bos_token") is None else int(g["forced_bos_token"]), np.int64),
+    }
+
+
+def build_generate(folder: Path, m: Manifest) -> GraphSpec:
+    """Write `folder`/generate.onnx from the bundle's graphs and manifest; return its GraphSpec (no sha256)."""
+    models = {k: onnx.load(str(folder / g.file), load_external_data=False) for k, g in m.loop_graphs.items()}
+    # (14 at least: Reshape's allowzero, for tensors of zero tokens at the first step)
+    opset = max(14, *(o.version for o in models["decoder_step"].opset_import if o.domain in ("", "ai.onnx")))
+    store = Initializers()
+    main = Nodes("main/", opset)
+    context = [
+        (name, models[name].graph, lift_initializers(models[name].graph, f"{name}/", store))
+        for name in ("encoder", "attention")
+        if name in models
+    ]
+    axes = {n: 0 for n in SOURCE}
+    for name, _, _ in context:
+        axes |= {t.name: t.shape.index("batch") for t in m.graphs[name].outputs if "batch" in t.shape}
+    step = models["decoder_step"].graph
+    special = m.special_tokens
+    parts = Parts(
+        m,
+        step,
+        lift_initializers(step, "decoder_step/", store),
+        tuple(context),
+        (*SOURCE, *(t.name for name, _, _ in context for t in m.graphs[name].outputs)),
+        axes,
+        m.target_vocab_size,
+        special["eos"],
+        special.get("pad", special["eos"]),
+        special["decoder_start"],
+        opset,
+    )
+    _check_step_inputs(parts)
+    shared = shared_values(main, parts)
+    is_beam = main.op("Greater", ["beam_size", main.const(1, np.int64)])
+    beam, greedy = beam_loop(parts, shared), greedy_loop(parts, shared)
+    main.op("If", [is_beam], [t.name for t in OUTPUTS], then_branch=beam, else_branch=greedy)
+    inputs = input_specs(m)
+    graph = helper.make_graph(
+        main.nodes,
+        "edgeseq_generate",
+        [helper.make_tensor_value_info(t.name, elem_type(t.dtype), list(t.shape)) for t in inputs],
+        [helper.make_tensor_value_info(t.name, elem_type(t.dtype), list(t.shape)) for t in OUTPUTS],
+        initializer=store.tensors,
+    )
+    imports = [o if o.domain else helper.make_opsetid("", opset) for o in opset_imports(list(models.values()))]
+    model = helper.make_model(graph, opset_imports=imports, producer_name="edgeseq")
+    model.ir_version = max(x.ir_version for x in models.values())
+    path = folder / FILE
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=False)
+    return GraphSpec(FILE, inputs, OUTPUTS)
+
+
+def _check_step_inputs(p: Parts) -> None:
+    d = p.manifest.decoder
+    known = {d.tokens_input, d.step_input, *d.added_names(), *(s.input for s in d.states), *p.context_names}
+    unknown = [i.name for i in p.step.input if i.name not in known and i.name not in p.step_inits]
+    if unknown:
+        raise BundleError(f"generate graph: decoder_step inputs {unknown} come from neither the loop nor the context")

@@ -1,0 +1,106 @@
+"""Decoding with a bundle's generate.onnx: the whole loop in one ONNX Runtime call (export/generate_graph.py).
+
+The same results as the Python loop (runtime/loop.py) for what the graph does: greedy decoding and beam
+search with bans, minimum length and forced tokens. Sampling, penalties, n-gram bans and alignments are the
+loop's alone; asking the graph for them is refused, naming the option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgeseq.errors import BundleError, OptionsError
+from edgeseq.runtime.batching import pad_batch
+from edgeseq.runtime.bundle import Bundle
+from edgeseq.runtime.loop import batches
+from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.search import Hypothesis
+from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
+
+GRAPH = "generate"
+
+
+def graph_problems(options: DecodingOptions) -> list[str]:
+    """What of `options` generate.onnx does not do (empty: it decodes them exactly as the loop)."""
+    problems = []
+    if options.sample:
+        problems.append("sampling")
+    if options.repetition_penalty != 1.0:
+        problems.append("repetition_penalty")
+    if options.no_repeat_ngram:
+        problems.append("no_repeat_ngram")
+    if options.return_alignments:
+        problems.append("return_alignments")
+    return problems
+
+
+def graph_feeds(
+    src_ids: np.ndarray, src_mask: np.ndarray, options: DecodingOptions, banned: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """generate.onnx's inputs for a padded batch and decoding options."""
+    forced_bos = -1 if options.forced_bos_token is None else options.forced_bos_token
+    return {
+        "src_ids": src_ids,
+        "src_mask": src_mask,
+        "max_new_tokens": np.array(options.max_new_tokens, np.int64),
+        "min_new_tokens": np.array(options.min_new_tokens, np.int64),
+        "beam_size": np.array(options.beam_size, np.int64),
+        "length_penalty": np.array(options.length_penalty, np.float32),
+        "early_stopping": np.array(options.early_stopping),
+        "banned_ids": np.array(list(banned), np.int64),
+        "forced_eos": np.array(options.forced_eos),
+        "forced_bos_token": np.array(forced_bos, np.int64),
+    }
+
+
+def hypotheses(tokens: np.ndarray, lengths: np.ndarray, scores: np.ndarray, nbest: int) -> list[list[Hypothesis]]:
+    """generate.onnx's outputs -> per source its hypotheses, best first (slots it left empty skipped)."""
+    out = []
+    for i in range(tokens.shape[0]):
+        hyps = [
+            Hypothesis(tuple(tokens[i, j, : lengths[i, j]].tolist()), float(scores[i, j]))
+            for j in range(tokens.shape[1])
+            if lengths[i, j] >= 0
+        ]
+        out.append(hyps[:nbest])
+    return out
+
+
+class GraphEngine:
+    """A bundle's generate.onnx on ONNX Runtime: sources and options in, hypotheses out."""
+
+    def __init__(self, bundle: Bundle, provider: str = "cpu", threads: int | None = None) -> None:
+        from edgeseq.runtime.generator import session_options
+
+        if GRAPH not in bundle.manifest.graphs:
+            raise BundleError(
+                f"{bundle.path} has no generate graph (generate.onnx): export or quantize it again with this "
+                "edgeseq, or decode with the Python loop (engine 'loop')"
+            )
+        self.bundle = bundle
+        providers = resolve_providers(provider)
+        self.session = GraphSession(bundle, GRAPH, providers, session_options(threads, step=True))
+        self.note = check_provider(provider, self.session.session, GRAPH)
+        m = bundle.manifest
+        self.source_pad, self.masked_padding = m.source_framing.pad, m.masked_padding
+        self.mask_dtype = m.graphs[GRAPH].input("src_mask").dtype
+
+    def decode(
+        self, sources: Sequence[Sequence[int]], options: DecodingOptions, banned: Sequence[int] = ()
+    ) -> list[list[Hypothesis]]:
+        """Per source in input order, its hypotheses best first; sources a model without masked padding
+        cannot share a batch with are decoded in groups of equal length, as by the loop."""
+        problems = graph_problems(options)
+        if problems:
+            raise OptionsError(
+                f"the generate graph does not do {', '.join(problems)}: decode with the Python loop (engine 'loop')"
+            )
+        results: list[list[Hypothesis]] = [[] for _ in sources]
+        for group in batches(self, sources):
+            ids, mask = pad_batch([sources[i] for i in group], self.source_pad)
+            out = self.session.run(graph_feeds(ids, mask.astype(self.mask_dtype), options, banned))
+            for i, hyps in zip(group, hypotheses(out["tokens"], out["lengths"], out["scores"], options.nbest)):
+                results[i] = hyps
+        return results
