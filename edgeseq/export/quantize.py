@@ -23,11 +23,15 @@ import numpy as np
 import onnx
 
 from edgeseq.bundle import Manifest, file_sha256
-from edgeseq.errors import OptionsError
+from edgeseq.errors import OptionsError, ParityError
+from edgeseq.export.generate_check import check_generate, with_generate
+from edgeseq.export.graph_edit import topological_sort
 from edgeseq.export.gru import unfold_grus
+from edgeseq.export.tied_int8 import tie_int8
 from edgeseq.export.trace import set_declared_types
 from edgeseq.export.weights import WEIGHTS_FILE, share_weights, split_projections
 from edgeseq.fsutil import building, check_target
+from edgeseq.runtime.batching import random_sources
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.generator import OrtBackend
 from edgeseq.runtime.loop import decode
@@ -141,11 +145,15 @@ def _quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: 
 
     if mode == "dynamic-int8":
         unfold_grus(model)  # ONNX Runtime has no int8 GRU: its weights become MatMuls that quantize
+        tied = tie_int8(model)  # embeddings and the projections tied to them: one int8 copy for both
+        if tied and not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         quantize_dynamic(
             model,
             str(path),
             op_types_to_quantize=DYNAMIC_OPS,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=tied,
             extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True},
         )
     elif mode == "static-int8":
@@ -171,8 +179,9 @@ def _quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: 
     elif mode == "fp16":
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        # the head (export/head.py) stays float32: the converter misplaces the casts of If branches
-        head = [n.name for n in model.graph.node if n.name.startswith("head.")]
+        # the head and the reorder (export/head.py, reorder.py) stay float32: the converter misplaces the casts
+        # of If branches
+        head = [n.name for n in model.graph.node if n.name.startswith(("head.", "reorder."))]
         half = convert_float_to_float16(
             model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_UNSAFE, node_block_list=head
         )
@@ -185,35 +194,6 @@ def _quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: 
     onnx.save(written, str(path))
 
 
-def _needs(node: onnx.NodeProto) -> set[str]:
-    """A node's inputs, and the outer-scope names its subgraphs (If, Loop, Scan bodies) read."""
-    names = set(node.input)
-    for a in node.attribute:
-        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-            inner = {i.name for i in g.input} | {t.name for t in g.initializer}
-            for n in g.node:
-                inner |= set(n.output)
-            names |= {x for n in g.node for x in _needs(n)} - inner
-    return names
-
-
-def topological_sort(graph: onnx.GraphProto) -> None:
-    """Reorder nodes so that every node comes after the producers of its inputs (subgraphs' included)."""
-    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = [(n, _needs(n)) for n in graph.node], []
-    while pending:
-        rest = [(n, needs) for n, needs in pending if not needs <= ready]
-        done = [n for n, needs in pending if needs <= ready]
-        if not done:
-            raise OptionsError(f"graph {graph.name}: cycle or missing input among {[n.name for n, _ in rest][:5]}")
-        for n in done:
-            ordered.append(n)
-            ready.update(n.output)
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
 def quantize_bundle(
     src: str | Path,
     out: str | Path,
@@ -222,6 +202,7 @@ def quantize_bundle(
     force: bool = False,
     progress: Callable[[str], None] = lambda msg: None,
     inputs: Sequence[str | Path] = (),
+    generate_graph: bool = True,
 ) -> Path:
     """Write a quantized copy of bundle `src` at `out` (built beside it, moved into place when whole).
     `inputs`: other files read (calibration, recipe), which the new bundle must not replace or sit around."""
@@ -231,7 +212,7 @@ def quantize_bundle(
     bundle = load_bundle(src)
     feeds = calibration_feeds(bundle, recipe, calibration, progress)
     with building(out, force, inputs) as tmp:
-        quantize_into(bundle, tmp, recipe, feeds, progress)
+        quantize_into(bundle, tmp, recipe, feeds, progress, generate_graph)
     return out
 
 
@@ -249,9 +230,15 @@ def calibration_feeds(
 
 
 def quantize_into(
-    bundle: Bundle, folder: Path, recipe: Recipe, feeds: dict, progress: Callable[[str], None] = lambda msg: None
+    bundle: Bundle,
+    folder: Path,
+    recipe: Recipe,
+    feeds: dict,
+    progress: Callable[[str], None] = lambda msg: None,
+    generate_graph: bool = True,
 ) -> None:
-    """Write the quantized bundle into the empty directory `folder`; it must load cleanly."""
+    """Write the quantized bundle into the empty directory `folder` (with its generate.onnx, checked against
+    the Python loop, unless `generate_graph` is False); it must load cleanly."""
     src = bundle.path
     sizes = {}
     for name, spec in bundle.manifest.loop_graphs.items():
@@ -267,7 +254,20 @@ def quantize_into(
     files = [g.file for g in bundle.manifest.loop_graphs.values()]
     sharing = share_weights(folder, files)
     split = split_projections(folder, files)
-    _manifest(bundle.manifest, folder, recipe, src, sizes, {**asdict(sharing), "projections_split": split}).save(folder)
+    manifest = _manifest(bundle.manifest, folder, recipe, src, sizes, {**asdict(sharing), "projections_split": split})
+    if generate_graph:
+        progress("composing generate.onnx")
+        manifest = with_generate(folder, manifest)
+        manifest.save(folder)
+        m = manifest
+        sources = random_sources(
+            m.source_vocab_size, 8, max_len=12, framing=m.source_framing, special=tuple(m.special_tokens.values())
+        )
+        check = check_generate(load_bundle(folder), sources, m.max_new_tokens, m.banned_tokens)
+        if not check.ok:
+            raise ParityError(f"{check.describe()}: the composed graph is wrong; quantize with --no-generate-graph")
+        manifest.parity["generate"] = check.to_json()
+    manifest.save(folder)
     load_bundle(folder)  # the new bundle must open cleanly before it takes the target name
 
 
