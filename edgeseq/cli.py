@@ -41,6 +41,7 @@ def cli() -> None:
     "--pairs", help="source<TAB>expected output, from your own pipeline: the bundle's text must equal it (text level)."
 )
 @click.option("--no-simplify", is_flag=True, help="Keep the graphs as traced (skip onnxsim).")
+@click.option("--no-generate-graph", is_flag=True, help="Leave out generate.onnx (the whole loop as one graph).")
 def export(
     model: str,
     out: str,
@@ -50,6 +51,7 @@ def export(
     data: str | None,
     pairs: str | None,
     no_simplify: bool,
+    no_generate_graph: bool,
 ) -> None:
     """Export MODEL to a bundle, checking parity. MODEL is your own code, FILE.py:FUNCTION or
     package.module:FUNCTION (it builds the model and says its tokenizer, framing and ids: README "Your own
@@ -57,7 +59,13 @@ def export(
     from edgeseq.export import ExportOptions
     from edgeseq.export.any_model import export_any
 
-    options = ExportOptions(opset=opset, force=force, max_new_tokens=max_new_tokens, simplify=not no_simplify)
+    options = ExportOptions(
+        opset=opset,
+        force=force,
+        max_new_tokens=max_new_tokens,
+        simplify=not no_simplify,
+        generate_graph=not no_generate_graph,
+    )
     texts, expected = _check_data(data, pairs)
     inputs = _input_paths(model, data, pairs)
     path, report = export_any(model, out, options, texts, expected, f"pairs {pairs}", _note, inputs)
@@ -140,10 +148,20 @@ def decoding_flags(f):
 )
 @click.option("--progress/--no-progress", default=None, help="Lines and lines/s on stderr (default: on a terminal).")
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option(
+    "--engine",
+    type=click.Choice(["loop", "graph"]),
+    default="loop",
+    show_default=True,
+    help="loop: the Python loop over the step graph; graph: the bundle's generate.onnx (greedy and beam only).",
+)
 @click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads (default: onnxruntime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list with one object per source.")
 @click.option("--stream", is_flag=True, help="Print tokens as they are decided (with --json: one event per line).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files (very large bundles).")
+@click.option("--ray", "use_ray", is_flag=True, help="Translate on a Ray cluster (pip install 'edgeseq[ray]').")
+@click.option("--ray-address", help="With --ray: an existing cluster (e.g. auto); default RAY_ADDRESS, or a local one.")
+@click.option("--actors", type=click.IntRange(1, 1 << 16), help="With --ray: actors, one model each (default 2).")
 def generate(
     bundle: str,
     texts: tuple[str, ...],
@@ -153,15 +171,20 @@ def generate(
     on_error: str,
     progress: bool | None,
     provider: str,
+    engine: str,
     threads: int | None,
     as_json: bool,
     stream: bool,
     no_verify: bool,
+    use_ray: bool,
+    ray_address: str | None,
+    actors: int | None,
     **flags,
 ) -> None:
     """Translate TEXTS (or --input FILE, '-' for stdin) with BUNDLE: one output line per source, in input
     order, written as batches finish. Memory does not grow with the input: lines are read a window at a time,
-    sorted by length and decoded in batches of at most --batch-tokens tokens."""
+    sorted by length and decoded in batches of at most --batch-tokens tokens. With --ray, by a pool of Ray
+    actors (--threads: CPUs and threads per actor), with the same output."""
     from edgeseq.cli_output import Output, Progress, write_results
     from edgeseq.runtime import Generator, load_bundle
     from edgeseq.runtime.lines import Batching
@@ -175,9 +198,21 @@ def generate(
     if output and output != "-":
         check_output_file(output, "--output", _input_paths(bundle, input_file))
     batching = Batching(on_error=on_error, **({"max_tokens": batch_tokens} if batch_tokens is not None else {}))
-    gen = Generator(load_bundle(bundle, verify_checksums=not no_verify), provider=provider, threads=threads)
-    if gen.backend.note:
-        _note(gen.backend.note)
+    if use_ray or ray_address or actors:
+        if not use_ray:
+            raise OptionsError("--ray-address and --actors go with --ray")
+        if stream or provider != "cpu" or engine != "loop":
+            raise OptionsError("--ray decodes whole lines on CPUs: leave out --stream, --provider and --engine")
+        from edgeseq.ray import Cluster
+
+        cluster = Cluster(actors or 2, threads or 1, ray_address, verify_checksums=not no_verify, note=_note)
+        shown = progress if progress is not None else sys.stderr.isatty() and bool(input_file)
+        lines = texts if not input_file else _input_lines(input_file)
+        return _generate_on_ray(bundle, lines, output, as_json, shown, batching, cluster, flags)
+    loaded = load_bundle(bundle, verify_checksums=not no_verify)
+    gen = Generator(loaded, provider=provider, threads=threads, engine=engine)
+    if gen.note:
+        _note(gen.note)
     options = gen.options.replace(**{k: v for k, v in flags.items() if v is not None})
     lines = texts if not input_file else _input_lines(input_file)
     out = Output(output)
@@ -191,6 +226,27 @@ def generate(
             meter.done()
             if skipped:
                 _note(f"{skipped} line(s) skipped (--on-error skip)")
+        out.finish()
+    except BaseException:
+        out.abort()
+        raise
+
+
+def _generate_on_ray(bundle, lines, output, as_json: bool, shown: bool, batching, cluster, flags) -> None:
+    """`generate --ray`: the same lines, in the same format and order, decoded by Ray actors (edgeseq/ray.py)."""
+    from edgeseq.cli_output import Output, Progress, write_results
+    from edgeseq.ray import translate_lines
+
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    out = Output(output)
+    try:
+        meter = Progress(shown)
+        skipped = write_results(
+            translate_lines(bundle, lines, None, batching, cluster, overrides), out, as_json, meter, _note
+        )
+        meter.done()
+        if skipped:
+            _note(f"{skipped} line(s) skipped (--on-error skip)")
         out.finish()
     except BaseException:
         out.abort()
@@ -339,6 +395,7 @@ def _input_paths(*values: str | None) -> list[str]:
 )
 @click.option("--data", help="--auto: sources (optionally source<TAB>reference) to measure quality on.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--no-generate-graph", is_flag=True, help="Leave out generate.onnx (the whole loop as one graph).")
 def quantize(
     bundle: str,
     out: str,
@@ -352,6 +409,7 @@ def quantize(
     budget: float,
     data: str | None,
     force: bool,
+    no_generate_graph: bool,
 ) -> None:
     """Write a quantized copy of BUNDLE: int8 (dynamic or calibrated static) or fp16, per graph."""
     from edgeseq.export.quantize import Recipe, quantize_bundle
@@ -387,7 +445,8 @@ def quantize(
         raise OptionsError(
             "say how to quantize: --mode MODE, per-graph --encoder/--attention/--decoder, --recipe or --auto"
         )
-    path = quantize_bundle(bundle, out, recipe, calib, force, note, _input_paths(calibration, recipe_file))
+    inputs = _input_paths(calibration, recipe_file)
+    path = quantize_bundle(bundle, out, recipe, calib, force, note, inputs, generate_graph=not no_generate_graph)
     size = sum(f.stat().st_size for f in path.iterdir())
     before = sum(f.stat().st_size for f in Path(bundle).iterdir())
     click.echo(f"wrote {path} ({recipe.name}): {size / 1e6:.2f} MB, {size / before:.0%} of {before / 1e6:.2f} MB")
@@ -521,6 +580,7 @@ def demo(out: str | None, arch: str, cell: str, attention: str, steps: int | Non
 EXTRAS = {
     **dict.fromkeys(("torch", "onnx", "onnxsim", "onnxscript", "safetensors", "tqdm", "sacrebleu"), "export"),
     "transformers": "hf",
+    "ray": "ray",
     **dict.fromkeys(("tokenizers", "sentencepiece"), "text"),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,18 +13,39 @@ import onnxruntime as ort
 from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
 from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor
 from edgeseq.runtime.bundle import Bundle, load_bundle
+from edgeseq.runtime.graph_engine import GraphEngine
 from edgeseq.runtime.lines import Batching, LineResult, translate_lines
 from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
-from edgeseq.runtime.step import BEAM, GREEDY, HeadRequest
+from edgeseq.runtime.step import BEAM, GREEDY, REORDER, HeadRequest
 
 HEAD_MODES = {  # the step graph's head_mode input (export/head.py)
     None: np.array(0, dtype=np.int64),
     GREEDY: np.array(1, dtype=np.int64),
     BEAM: np.array(2, dtype=np.int64),
 }
+
+
+_ARENA: list[bool] = []
+_ARENA_LOCK = threading.Lock()
+
+
+def shared_cpu_arena() -> bool:
+    """One CPU memory arena for every session of the process (registered once; False if this onnxruntime
+    cannot). Each session's own arena would keep its peak to itself: the encoder's activations of the
+    largest batch stay held while the decoder step grows its caches in a second arena, and a file
+    translated in batches needs the sum of both peaks instead of the larger one."""
+    with _ARENA_LOCK:
+        if not _ARENA:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 0, -1, -1))  # defaults: grow by doubling
+                _ARENA.append(True)
+            except Exception:  # noqa: BLE001 - an older build, or one registered already: per-session arenas
+                _ARENA.append(False)
+        return _ARENA[0]
 
 
 def session_options(threads: int | None, step: bool) -> ort.SessionOptions:
@@ -36,6 +58,8 @@ def session_options(threads: int | None, step: bool) -> ort.SessionOptions:
     """
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: edgeseq reports a failure itself, in one line
+    if shared_cpu_arena():
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
@@ -90,13 +114,16 @@ class OrtBackend:
         elif dec.head_bias_input:  # a bundle made when the head was greedy-only
             self.offers = frozenset({GREEDY}) if use_head else frozenset()
             self.idle = {dec.head_bias_input: np.zeros(vocab, dtype=np.float32)}
+        if dec.reorder_input:  # the step gathers its states for the new rows; empty: none
+            self.offers |= {REORDER} if use_head else set()
+            self.idle = {**self.idle, dec.reorder_input: np.zeros(0, dtype=np.int64)}
         self.bound: dict[str, BoundSession] | None = None
         if io_binding if io_binding is not None else self.device != "cpu":
             # with a head, the logits stay on the device unless a strategy asks for them
             host_outputs = {dec.alignment_output, dec.head_token_output, dec.head_logprob_output}
             if dec.head is not None:
                 host_outputs |= {dec.head.scores, dec.head.ids}
-            if not self.idle:
+            if not self.idle.keys() - {dec.reorder_input}:
                 host_outputs.add(dec.logits_output)
             self.bound = {
                 name: BoundSession(s, self.device, [o for o in s.output_names if o not in host_outputs])
@@ -120,14 +147,13 @@ class OrtBackend:
         self, feeds: dict[str, np.ndarray | DeviceTensor], request: HeadRequest | None = None
     ) -> dict[str, np.ndarray | DeviceTensor]:
         """One decoder step; `request` asks the head to choose (runtime/step.py), else it computes nothing."""
-        feeds = {**feeds, **self._head_feeds(request)} if self.idle else feeds
+        if self.idle:  # what the loop does not feed: the head idle, the states not reordered
+            feeds = {**self.idle, **self._head_feeds(request), **feeds} if request else {**self.idle, **feeds}
         if self.bound is None:
             return self.sessions["decoder_step"].run(feeds)
         return self.bound["decoder_step"].run(feeds)
 
-    def _head_feeds(self, request: HeadRequest | None) -> dict[str, np.ndarray]:
-        if request is None:
-            return self.idle
+    def _head_feeds(self, request: HeadRequest) -> dict[str, np.ndarray]:
         head = self.decoder.head
         if head is None:  # the greedy-only head
             return {self.decoder.head_bias_input: request.bias}
@@ -172,8 +198,16 @@ class StreamedToken:
     done: bool = False
 
 
+ENGINES = ("loop", "graph")
+
+
 class Generator:
-    """Decodes with a bundle: `Generator("bundle/").generate(["Tuesday, 24 November 2026"])`."""
+    """Decodes with a bundle: `Generator("bundle/").generate(["Tuesday, 24 November 2026"])`.
+
+    `engine`: "loop" (default) runs the Python generation loop over the bundle's encoder, attention and
+    decoder-step graphs (every decoding option, streaming); "graph" runs the bundle's generate.onnx, the
+    whole loop in one ONNX Runtime call (greedy and beam search; runtime/graph_engine.py).
+    """
 
     def __init__(
         self,
@@ -183,10 +217,20 @@ class Generator:
         options: DecodingOptions | None = None,
         io_binding: bool | None = None,
         use_head: bool = True,
+        engine: str = "loop",
     ) -> None:
+        if engine not in ENGINES:
+            raise OptionsError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.backend = OrtBackend(self.bundle, provider, threads, io_binding, use_head)
+        self.engine = engine
+        self.graph = GraphEngine(self.bundle, provider, threads) if engine == "graph" else None
+        self.backend = None if self.graph else OrtBackend(self.bundle, provider, threads, io_binding, use_head)
         self.options = options or self.default_options()
+
+    @property
+    def note(self) -> str | None:
+        """A provider fallback that 'auto' made, for the user to see."""
+        return (self.graph or self.backend).note
 
     def default_options(self) -> DecodingOptions:
         """The bundle's decoding defaults (its manifest's `generation`, and max_new_tokens)."""
@@ -230,6 +274,8 @@ class Generator:
         `<bos> ... <eos>` or `... </s>` as the bundle's source_framing says), ids in 0..source_vocab_size-1.
         """
         options = self._check(sources, options or self.options)
+        if self.graph is not None:
+            return self.graph.decode(sources, options, self._banned())
         return decode(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
 
     def stream(self, texts: str | Sequence[str], options: DecodingOptions | None = None) -> Iterator[StreamedToken]:
@@ -243,6 +289,10 @@ class Generator:
             )
         if options.nbest > 1:
             raise OptionsError("streaming gives one hypothesis per source: use nbest 1")
+        if self.backend is None:
+            raise OptionsError(
+                "streaming needs the Python loop: the generate graph gives whole results (engine 'loop')"
+            )
         sources = [self.encode(t) for t in texts]
         options = self._check(sources, options)
         eos = self.bundle.manifest.special_tokens["eos"]
