@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from edgeseq.errors import EdgeseqError, InputError, OptionsError
 
 if TYPE_CHECKING:  # the Generator imports this module
+    from edgeseq.runtime.bundle import Bundle
     from edgeseq.runtime.generator import Generator, Translation
     from edgeseq.runtime.options import DecodingOptions
 
@@ -73,19 +74,8 @@ def translate_lines(
     gen: Generator, lines: Iterable[str], options: DecodingOptions, batching: Batching = Batching()
 ) -> Iterator[LineResult]:
     """Translate `lines` in input order (see the module docstring)."""
-    rows = options.beam_size if options.beam_size > 1 else (options.nbest if options.sample else 1)
-    budget = batching.max_tokens * batching.window
-    numbered = enumerate(lines, 1)
-    while True:
-        window, tokens = [], 0
-        for number, text in numbered:
-            item = _encode(gen, number, text)
-            window.append(item)
-            tokens += rows * (len(item[2] or ()) + options.max_new_tokens)
-            if tokens >= budget or len(window) >= 1 << 16:
-                break
-        if not window:
-            return
+    rows = _rows(options)
+    for window in windows(gen.bundle, lines, options, batching):
         bad = next((i for i, item in enumerate(window) if item[3] is not None), None)
         stop = bad is not None and batching.on_error == "stop"
         todo = window[:bad] if stop else window
@@ -97,12 +87,38 @@ def translate_lines(
             raise InputError(f"line {number}: {error}")
 
 
-def _encode(gen: Generator, number: int, text: str) -> tuple[int, str, list[int] | None, str | None]:
+def windows(bundle: Bundle, lines: Iterable[str], options: DecodingOptions, batching: Batching) -> Iterator[list]:
+    """`lines` numbered from 1 and encoded, cut into the windows translate_lines decodes one at a time: each
+    item (number, text, ids or None, error or None). A window ends once its tokens reach max_tokens x window
+    (or at 65536 lines), so a window's lines given to translate_lines again make exactly that one window
+    (edgeseq.ray sends each window to an actor as one task: the same batches, so the same results)."""
+    rows = _rows(options)
+    budget = batching.max_tokens * batching.window
+    numbered = enumerate(lines, 1)
+    while True:
+        window, tokens = [], 0
+        for number, text in numbered:
+            item = _encode(bundle, number, text)
+            window.append(item)
+            tokens += rows * (len(item[2] or ()) + options.max_new_tokens)
+            if tokens >= budget or len(window) >= 1 << 16:
+                break
+        if not window:
+            return
+        yield window
+
+
+def _rows(options: DecodingOptions) -> int:
+    """Decoder rows per source."""
+    return options.beam_size if options.beam_size > 1 else (options.nbest if options.sample else 1)
+
+
+def _encode(bundle: Bundle, number: int, text: str) -> tuple[int, str, list[int] | None, str | None]:
     try:
-        ids = gen.encode(text)
+        ids = bundle.encode(text)
     except EdgeseqError as e:
         return number, text, None, str(e)
-    limit = gen.bundle.manifest.max_source_length
+    limit = bundle.manifest.max_source_length
     if len(ids) > limit:
         return number, text, None, f"{len(ids)} tokens; this bundle takes at most {limit} (max_source_length)"
     return number, text, ids, None
