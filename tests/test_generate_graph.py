@@ -98,9 +98,9 @@ def plain_feeds(gen: Generator, sources, options: DecodingOptions) -> dict:
         "min_new_tokens": options.min_new_tokens,
         "beam_size": options.beam_size,
         "length_penalty": options.length_penalty,
-        "early_stopping": options.early_stopping,
+        "early_stopping": int(options.early_stopping),
         "banned_ids": list(m.banned_tokens),
-        "forced_eos": options.forced_eos,
+        "forced_eos": int(options.forced_eos),
         "forced_bos_token": -1 if options.forced_bos_token is None else options.forced_bos_token,
     }
 

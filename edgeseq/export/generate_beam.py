@@ -137,7 +137,7 @@ def beam_loop(p: Parts, s: dict[str, str]) -> onnx.GraphProto:
     full = b.op("Equal", [kept["count"], K])
     lead = b.op("Squeeze", [b.op("Slice", [run_scores, i64(b, [0]), i64(b, [1]), i64(b, [1])]), i64(b, [1])])
     lead = b.op("Div", [b.op("Cast", [lead], to=DOUBLE), divisor])
-    hopeless = b.op("Or", ["early_stopping", b.op("LessOrEqual", [lead, b.reduce("ReduceMin", kept["score"], [1])])])
+    hopeless = b.op("Or", [s["early_stopping"], b.op("LessOrEqual", [lead, b.reduce("ReduceMin", kept["score"], [1])])])
     done = b.op("Or", [b.op("Or", [last, b.op("Not", [enough])]), b.op("And", [full, hopeless])])
     stay = b.op("Reshape", [b.op("NonZero", [b.op("Not", [done])]), i64(b, [-1])])  # (m',) sources going on
     next_tok = b.op(

@@ -13,8 +13,9 @@ onnxruntime-web included. Weights are read from the bundle's weights.bin, as by 
 Inputs (`defaults` gives the values a bundle decodes with when a caller has no others):
     src_ids (batch, src_len) int64, src_mask (batch, src_len): framed, padded sources, as the encoder takes
     max_new_tokens () int64; min_new_tokens () int64; beam_size () int64 (1: greedy)
-    length_penalty () float32; early_stopping () bool (beam search)
-    banned_ids (n,) int64 (never generated); forced_eos () bool; forced_bos_token () int64 (-1: none)
+    length_penalty () float32; early_stopping () int64 (0 or 1; beam search)
+    banned_ids (n,) int64 (never generated); forced_eos () int64 (0 or 1); forced_bos_token () int64 (-1: none)
+    (flags are int64, not bool: some ONNX Runtime bindings, onnxruntime-objc before 2026, have no bool tensors)
 Outputs (hypotheses best first; greedy has one per source, beam search beam_size):
     tokens (batch, hyps, len) int64, without </s>, padded with the target <pad> (or </s>)
     lengths (batch, hyps) int64; scores (batch, hyps) float32 (a slot beam search did not fill: length -1,
@@ -52,9 +53,9 @@ def input_specs(m: Manifest) -> tuple[TensorSpec, ...]:
         TensorSpec("min_new_tokens", "int64", ()),
         TensorSpec("beam_size", "int64", ()),
         TensorSpec("length_penalty", "float32", ()),
-        TensorSpec("early_stopping", "bool", ()),
+        TensorSpec("early_stopping", "int64", ()),
         TensorSpec("banned_ids", "int64", ("banned",)),
-        TensorSpec("forced_eos", "bool", ()),
+        TensorSpec("forced_eos", "int64", ()),
         TensorSpec("forced_bos_token", "int64", ()),
     )
 
@@ -74,9 +75,9 @@ def defaults(m: Manifest) -> dict[str, np.ndarray]:
         "min_new_tokens": np.array(int(g.get("min_new_tokens", 0)), np.int64),
         "beam_size": np.array(int(g.get("beam_size", 1)), np.int64),
         "length_penalty": np.array(float(g.get("length_penalty", 1.0)), np.float32),
-        "early_stopping": np.array(bool(g.get("early_stopping", False))),
+        "early_stopping": np.array(int(bool(g.get("early_stopping", False))), np.int64),
         "banned_ids": np.array(list(m.banned_tokens), np.int64),
-        "forced_eos": np.array(bool(g.get("forced_eos", False))),
+        "forced_eos": np.array(int(bool(g.get("forced_eos", False))), np.int64),
         "forced_bos_token": np.array(-1 if g.get("forced_bos_token") is None else int(g["forced_bos_token"]), np.int64),
     }
 

@@ -83,6 +83,8 @@ def shared_values(g: Nodes, p: Parts) -> dict[str, str]:
         "has_bos": g.op("GreaterOrEqual", ["forced_bos_token", g.const(0, np.int64)]),
         "limit": limit,
         "last_step": g.op("Sub", [limit, g.const(1, np.int64)]),
+        "early_stopping": g.op("Cast", ["early_stopping"], to=BOOL),
+        "forced_eos": g.op("Cast", ["forced_eos"], to=BOOL),
     }
 
 
@@ -134,7 +136,7 @@ class Loop:
         """At this iteration: whether a token is forced (), whether it is </s> (), its (V,) row (0 at the token,
         -inf elsewhere), and the (V,) bias of the bans and the minimum length. Forced </s> wins."""
         b, s, it = self.b, self.s, self.it
-        eos_now = b.op("And", ["forced_eos", b.op("Equal", [it, s["last_step"]])])
+        eos_now = b.op("And", [s["forced_eos"], b.op("Equal", [it, s["last_step"]])])
         bos_now = b.op("And", [s["has_bos"], b.op("Equal", [it, b.const(0, np.int64)])])
         now = b.op("Or", [eos_now, bos_now])
         row = b.op("Where", [eos_now, s["eos_row"], s["bos_row"]])

@@ -48,9 +48,9 @@ def graph_feeds(
         "min_new_tokens": np.array(options.min_new_tokens, np.int64),
         "beam_size": np.array(options.beam_size, np.int64),
         "length_penalty": np.array(options.length_penalty, np.float32),
-        "early_stopping": np.array(options.early_stopping),
+        "early_stopping": np.array(int(options.early_stopping), np.int64),
         "banned_ids": np.array(list(banned), np.int64),
-        "forced_eos": np.array(options.forced_eos),
+        "forced_eos": np.array(int(options.forced_eos), np.int64),
         "forced_bos_token": np.array(forced_bos, np.int64),
     }
 

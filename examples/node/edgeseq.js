@@ -343,7 +343,7 @@
       }));
       const dims = [sources.length, width];
       const int64 = (x) => new Tensor('int64', BigInt64Array.from([BigInt(x)]), []);
-      const bool = (x) => new Tensor('bool', Uint8Array.from([x ? 1 : 0]), []);
+      const flag = (x) => new Tensor('int64', BigInt64Array.from([x ? 1n : 0n]), []); // 0/1 (not bool: see generate_graph.py)
       return {
         src_ids: new Tensor('int64', ids, dims),
         src_mask: maskTensor(Tensor, m.maskDtype, mask, dims),
@@ -351,9 +351,9 @@
         min_new_tokens: int64(o.minNewTokens),
         beam_size: int64(o.beamSize),
         length_penalty: new Tensor('float32', Float32Array.from([o.lengthPenalty]), []),
-        early_stopping: bool(o.earlyStopping),
+        early_stopping: flag(o.earlyStopping),
         banned_ids: new Tensor('int64', BigInt64Array.from(m.bannedIds.map(BigInt)), [m.bannedIds.length]),
-        forced_eos: bool(o.forcedEos),
+        forced_eos: flag(o.forcedEos),
         forced_bos_token: int64(o.forcedBosToken),
       };
     }
