@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edgeseq.errors import EdgeseqError, OptionsError
+from edgeseq.escapes import escape_controls, shown
 from edgeseq.fsutil import check_output_file, write_file_whole
 
 
@@ -70,7 +71,7 @@ def export(
     inputs = _input_paths(model, data, pairs)
     path, report = export_any(model, out, options, texts, expected, f"pairs {pairs}", _note, inputs)
     click.echo(report.table())
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {shown(path)}")
 
 
 def _note(msg: str) -> None:
@@ -137,7 +138,7 @@ def decoding_flags(f):
 @click.option(
     "--batch-tokens",
     type=int,
-    help="Tokens per batch: sources x beams x (longest source + max new tokens); 8192.",
+    help="Tokens per batch: sources x beams x (longest source + max new tokens); 4096.",
 )
 @click.option(
     "--on-error",
@@ -277,8 +278,6 @@ def _input_lines(path: str):
 
 def _stream(gen, lines, options, as_json: bool, out) -> None:
     """One source after another, each token printed (and flushed) as soon as it is decided."""
-    from edgeseq.cli_output import escape_controls
-
     for i, text in enumerate(lines):
         pieces = []
         for event in gen.stream([text], options):
@@ -433,7 +432,7 @@ def quantize(
         click.echo(trials_table(trials, best))
         if best is None:
             raise EdgeseqError(f"no recipe stays within the budget of {budget} points; nothing written")
-        click.echo(f"wrote {out} ({best.recipe.name})")
+        click.echo(f"wrote {shown(out)} ({best.recipe.name})")
         return
     if recipe_file and (mode or enc or att or dec):
         raise OptionsError("give either --recipe FILE or --mode/--encoder/--attention/--decoder, not both")
@@ -449,8 +448,10 @@ def quantize(
     path = quantize_bundle(bundle, out, recipe, calib, force, note, inputs, generate_graph=not no_generate_graph)
     size = sum(f.stat().st_size for f in path.iterdir())
     before = sum(f.stat().st_size for f in Path(bundle).iterdir())
-    click.echo(f"wrote {path} ({recipe.name}): {size / 1e6:.2f} MB, {size / before:.0%} of {before / 1e6:.2f} MB")
-    click.echo(f"check it: edgeseq validate {path} --reference {bundle} --data SOURCES")
+    click.echo(
+        f"wrote {shown(path)} ({recipe.name}): {size / 1e6:.2f} MB, {size / before:.0%} of {before / 1e6:.2f} MB"
+    )
+    click.echo(f"check it: edgeseq validate {shown(path)} --reference {shown(bundle)} --data SOURCES")
 
 
 @cli.command()
@@ -462,7 +463,8 @@ def info(bundle: str) -> None:
     b = load_bundle(bundle)
     m = b.manifest
     click.echo(
-        f"{b.path}: {m.family} bundle, format {m.format_version}, vocab {m.source_vocab_size} -> {m.target_vocab_size}"
+        f"{shown(b.path)}: {m.family} bundle, format {m.format_version}, "
+        f"vocab {m.source_vocab_size} -> {m.target_vocab_size}"
     )
     for g in m.graphs.values():
         size = (b.path / g.file).stat().st_size
@@ -614,7 +616,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     except EdgeseqError as e:
-        click.echo(f"edgeseq: error: {one_line(str(e))}", err=True)
+        click.echo(f"edgeseq: error: {escape_controls(one_line(str(e)))}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:  # the filesystem refused something (disk full, read-only, a special path)
         from edgeseq.fsutil import describe_os_error

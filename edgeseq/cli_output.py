@@ -13,28 +13,16 @@ import math
 import os
 import sys
 import time
-import unicodedata
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
+from edgeseq.escapes import escape_controls, shown
 from edgeseq.fsutil import WriteError, describe_os_error
 from edgeseq.runtime.lines import LineResult
 
-_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def escape_controls(text: str) -> str:
-    """Control characters as escapes, so one translation stays on one line."""
-    if text.isprintable():
-        return text
-    return "".join(
-        _ESCAPES.get(c, f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-        if unicodedata.category(c) == "Cc"
-        else c
-        for c in text
-    )
+__all__ = ["Output", "Progress", "escape_controls", "write_results"]
 
 
 def _number(x: float) -> float | None:
@@ -57,7 +45,8 @@ def result_json(r: LineResult) -> dict:
 
 class Output:
     """stdout; a regular file, built beside it and renamed over it when complete (never half-written); or a
-    special file (a device, a pipe), written directly: it is never replaced."""
+    special file (a device, a pipe), written directly: it is never replaced. Errors name the path the user
+    gave (never the partial file beside it)."""
 
     def __init__(self, path: str | None) -> None:
         self.path = None if path in (None, "-") else Path(path)
@@ -68,7 +57,7 @@ class Output:
         target = self.path.resolve()  # through a symlink, to the file it names
         try:
             if target.is_dir():
-                raise WriteError(f"--output {self.path} is a directory: give a file name")
+                raise WriteError(f"--output {shown(self.path)} is a directory: give a file name")
             if target.exists() and not target.is_file():  # /dev/full, a FIFO: write into it, never replace it
                 self.stream = open(target, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish/abort
                 return
@@ -76,7 +65,7 @@ class Output:
             self.tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
             self.stream = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish/abort
         except OSError as e:
-            raise WriteError(describe_os_error(e, e.filename or self.path)) from None
+            raise WriteError(describe_os_error(e, self.path)) from None
 
     def write(self, text: str) -> None:
         try:
@@ -100,7 +89,7 @@ class Output:
                 os.replace(self.tmp, self.target)
         except OSError as e:
             self.abort()
-            raise WriteError(describe_os_error(e, e.filename or self.path)) from None
+            raise WriteError(describe_os_error(e, self.path)) from None
 
     def abort(self) -> None:
         if self.path is not None:
@@ -113,23 +102,33 @@ class Output:
 
 
 class Progress:
-    """Lines done and lines per second on stderr, when it is a terminal (redrawn at most twice a second)."""
+    """Lines done and lines per second on stderr, when it is a terminal: one line redrawn in place (at most
+    twice a second, padded over the longer line it replaces), then the total on its own line."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled, self.start, self.last, self.count = enabled, time.perf_counter(), 0.0, 0
+        self.enabled, self.start, self.last, self.count, self.width = enabled, time.perf_counter(), 0.0, 0, 0
 
     def step(self, count: int = 1) -> None:
         self.count += count
         now = time.perf_counter()
         if self.enabled and now - self.last >= 0.5:
             self.last = now
-            rate = self.count / max(now - self.start, 1e-9)
-            sys.stderr.write(f"\redgeseq: {self.count} lines, {rate:.0f} lines/s")
-            sys.stderr.flush()
+            self._show(f"edgeseq: {_lines(self.count)}, {self.count / max(now - self.start, 1e-9):.0f} lines/s")
 
     def done(self) -> None:
         if self.enabled and self.count:
-            sys.stderr.write(f"\redgeseq: {self.count} lines in {time.perf_counter() - self.start:.1f} s\n")
+            seconds = time.perf_counter() - self.start
+            rate = self.count / max(seconds, 1e-9)
+            self._show(f"edgeseq: {_lines(self.count)} in {seconds:.1f} s ({rate:.0f} lines/s)", end="\n")
+
+    def _show(self, text: str, end: str = "") -> None:
+        sys.stderr.write("\r" + text.ljust(self.width) + end)
+        sys.stderr.flush()
+        self.width = len(text)
+
+
+def _lines(count: int) -> str:
+    return f"{count} line" + ("" if count == 1 else "s")
 
 
 def write_results(results, out: Output, as_json: bool, progress: Progress, note) -> int:

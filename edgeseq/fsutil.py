@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from edgeseq.errors import EdgeseqError
+from edgeseq.escapes import shown
 
 _RENAME_EXCHANGE = 2  # Linux renameat2 flag: swap two paths in one step
 MANIFEST = "edgeseq.json"
@@ -39,7 +40,7 @@ class TargetError(EdgeseqError):
 
 
 def describe_os_error(e: OSError, path: Path | str) -> str:
-    """One line naming the path and the cause of a failed file operation."""
+    """One line naming the path (control characters escaped) and the cause of a failed file operation."""
     why = {
         errno.ENOSPC: "no space left on the device",
         errno.EDQUOT: "disk quota exceeded",
@@ -53,7 +54,20 @@ def describe_os_error(e: OSError, path: Path | str) -> str:
         errno.ENAMETOOLONG: "the name is too long",
         errno.EXDEV: "it is on another filesystem",
     }.get(e.errno, e.strerror or type(e).__name__)
-    return f"{path}: {why}"
+    return f"{shown(path)}: {why}"
+
+
+def _write_error(e: OSError, target: Path, tmp: Path | None = None) -> WriteError:
+    """A failure while writing `target`, naming the path the user gave, never the lock or the partial
+    directory edgeseq makes beside it: a file inside the partial directory is named as it would be inside
+    the target (`q/weights.bin: no space left on the device`)."""
+    name: Path = target
+    if tmp is not None and e.filename:
+        try:
+            name = target / Path(os.fsdecode(e.filename)).relative_to(tmp)
+        except ValueError:
+            pass
+    return WriteError(describe_os_error(e, name))
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -115,27 +129,29 @@ def check_target(target: str | Path, force: bool, inputs: Sequence[str | Path] =
             relation = _related(real, Path(given).resolve())
             if relation:
                 raise TargetError(
-                    f"--out {target} {relation} the input {given}: write the new bundle somewhere else "
+                    f"--out {shown(target)} {relation} the input {shown(given)}: write the new bundle somewhere else "
                     "(edgeseq never writes over, into or around its inputs)"
                 )
         if target.is_symlink() or (target.exists() and not target.is_dir()):
-            raise TargetError(f"--out {target} exists and is not a directory: edgeseq replaces only a bundle")
+            raise TargetError(f"--out {shown(target)} exists and is not a directory: edgeseq replaces only a bundle")
         if target.exists() and any(target.iterdir()):  # an empty directory holds nothing to lose
             if not (target / MANIFEST).is_file():
                 raise TargetError(
-                    f"--out {target} exists and is not an edgeseq bundle (no {MANIFEST}): refusing to replace it, "
-                    "even with --force; choose a new directory"
+                    f"--out {shown(target)} exists and is not an edgeseq bundle (no {MANIFEST}): refusing to replace "
+                    "it, even with --force; choose a new directory"
                 )
             if not force:
-                raise TargetError(f"{target} already exists: choose another --out, or pass --force to replace it")
+                raise TargetError(
+                    f"{shown(target)} already exists: choose another --out, or pass --force to replace it"
+                )
             foreign = sorted(p.name for p in target.iterdir() if p.name not in bundle_file_names(target))
             if foreign:
                 raise TargetError(
-                    f"--out {target} holds files that are not the bundle's ({', '.join(foreign[:3])}): replacing it "
-                    "would delete them; move them away or choose another --out"
+                    f"--out {shown(target)} holds files that are not the bundle's ({shown(', '.join(foreign[:3]))}): "
+                    "replacing it would delete them; move them away or choose another --out"
                 )
     except OSError as e:
-        raise WriteError(describe_os_error(e, target)) from None
+        raise _write_error(e, target) from None
     return target
 
 
@@ -166,15 +182,16 @@ def check_output_file(path: str | Path, flag: str, inputs: Sequence[str | Path] 
     p = Path(path)
     try:
         if p.is_dir():
-            raise TargetError(f"{flag} {path} is a directory: give a file name")
+            raise TargetError(f"{flag} {shown(path)} is a directory: give a file name")
         if not p.parent.is_dir():
-            raise TargetError(f"{flag} {path}: the folder {p.parent} does not exist")
+            raise TargetError(f"{flag} {shown(path)}: the folder {shown(p.parent)} does not exist")
         real = p.resolve()
         for given in inputs:
             other = Path(given).resolve()
             if real == other or real.is_relative_to(other):
                 raise TargetError(
-                    f"{flag} {path} is {'inside ' if real != other else ''}the input {given}: write it somewhere else"
+                    f"{flag} {shown(path)} is {'inside ' if real != other else ''}the input {shown(given)}: write it "
+                    "somewhere else"
                 )
     except OSError as e:
         raise WriteError(describe_os_error(e, path)) from None
@@ -183,7 +200,8 @@ def check_output_file(path: str | Path, flag: str, inputs: Sequence[str | Path] 
 
 def write_file_whole(path: str | Path, text: str) -> None:
     """Write a text file whole: a regular file (or a new one) through a temporary file renamed over it; a
-    special file (a device, a pipe) directly: it is never replaced."""
+    special file (a device, a pipe) directly: it is never replaced. Errors name `path`, not the temporary
+    file."""
     p = Path(path).resolve()
     try:
         if p.exists() and not p.is_file():
@@ -199,7 +217,7 @@ def write_file_whole(path: str | Path, text: str) -> None:
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as e:
-        raise WriteError(describe_os_error(e, e.filename or path)) from None
+        raise WriteError(describe_os_error(e, path)) from None
 
 
 def glob_escape(name: str) -> str:
@@ -211,6 +229,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def default_file_mode() -> int:
+    """The mode a new file gets under the user's umask (0644 under the usual 022)."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -227,7 +250,7 @@ def building(target: str | Path, force: bool = False, inputs: Sequence[str | Pat
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise WriteError(describe_os_error(e, parent)) from None
+        raise _write_error(e, target) from None
     lock_path = parent / f".{target.name}.lock"
     lock = _lock(lock_path, target)
     tmp: Path | None = None
@@ -239,7 +262,7 @@ def building(target: str | Path, force: bool = False, inputs: Sequence[str | Pat
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
             os.chmod(tmp, 0o777 & ~_umask())
         except OSError as e:
-            raise WriteError(describe_os_error(e, parent)) from None
+            raise _write_error(e, target) from None
         try:
             yield tmp
             _set_modes(tmp)
@@ -247,7 +270,7 @@ def building(target: str | Path, force: bool = False, inputs: Sequence[str | Pat
         except Abandon:
             pass
         except OSError as e:
-            raise WriteError(describe_os_error(e, e.filename or target)) from None
+            raise _write_error(e, target, tmp) from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -262,12 +285,14 @@ def _lock(path: Path, target: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         except OSError as e:
-            raise WriteError(describe_os_error(e, path)) from None
+            raise _write_error(e, target) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise TargetError(f"{target} is being written by another edgeseq process; try again when it ends") from None
+            raise TargetError(
+                f"{shown(target)} is being written by another edgeseq process; try again when it ends"
+            ) from None
         try:  # the holder before us may have removed the file as we opened it: lock the file that is there
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd

@@ -208,7 +208,9 @@ def make_t5(folder: Path, model_type: str = "t5", seed: int = 0, v11: bool = Fal
     )
     torch.manual_seed(seed)
     model = model_cls(config).eval()
-    if not v11:
+    if v11:
+        _untie_head(model, config.initializer_factor)
+    else:
         with torch.no_grad():
             for p in model.parameters():
                 if p.dim() == 2:
@@ -219,4 +221,23 @@ def make_t5(folder: Path, model_type: str = "t5", seed: int = 0, v11: bool = Fal
     model.save_pretrained(folder)
     for name in ("corpus.txt", "spiece.vocab"):
         (folder / name).unlink()
+    if v11:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            assert {"lm_head.weight", "shared.weight"} <= set(f.keys()), "the v1.1 head must be saved untied"
+            assert not torch.equal(f.get_tensor("lm_head.weight"), f.get_tensor("shared.weight"))
+        assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
     return folder
+
+
+def _untie_head(model, factor: float) -> None:
+    """Give the LM head its own weights, as T5 v1.1 checkpoints have (transformers 5's T5Config forces
+    tie_word_embeddings=True and ties lm_head to shared; a real v1.1 config.json says false, and loading a
+    file with both weights, unequal, leaves them untied). N(0, factor), T5's own init of an untied head."""
+    model.config.tie_word_embeddings = False  # written to config.json, so that from_pretrained does not tie
+    model.all_tied_weights_keys.pop("lm_head.weight", None)
+    vocab, d = model.lm_head.weight.shape
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, d) * factor)
+    assert model.lm_head.weight is not model.shared.weight
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()

@@ -103,6 +103,20 @@ def test_tokens_equal_model_generate(exported, family, beams):
         assert len({len(x) for x in expected}) > 1
 
 
+def test_t5v11_head_is_untied(exported):
+    """The v1.1 fixture really has its own LM head (transformers 5 ties T5 heads unless the file holds two
+    different weights), and the export reads it: the bundle's logits follow lm_head, not shared."""
+    folder, bundle, _, hf, tok = exported["t5v11"]
+    assert hf.lm_head.weight.data_ptr() != hf.shared.weight.data_ptr()
+    assert not torch.equal(hf.lm_head.weight, hf.shared.weight) and not hf.config.scale_decoder_outputs
+    ckpt = load_hf_checkpoint(folder)
+    assert ckpt.model.hf.lm_head.weight.data_ptr() != ckpt.model.hf.shared.weight.data_ptr()
+    with torch.no_grad():
+        ids = tok(TEXTS[:1], return_tensors="pt").input_ids
+        logits = hf(input_ids=ids, decoder_input_ids=torch.zeros_like(ids[:, :1])).logits
+    assert logits.abs().max() > 50  # initializer factor 3, no rescaling: logits in the hundreds
+
+
 def test_marian_bundle_is_the_size_of_its_weights(tmp_path):
     """One weights file shared by the graphs (embeddings tied three ways): within 5% of model.safetensors."""
     folder = make_marian(tmp_path / "hf", d_model=256, ffn=1024)

@@ -70,3 +70,47 @@ def test_bad_lines_stop_with_their_number_or_are_skipped(bundle_factory):
         for r in gen.translate_lines(iter(texts), options, Batching(on_error="stop")):
             done.append(r.line)
     assert done == [1, 2, 3, 4, 5]  # the lines before it still come out
+
+
+@pytest.mark.parametrize(
+    "data, limit, expected, error",
+    [
+        (b"abc\nde\r\nf", 8, ["abc", "de", "f"], None),  # \r\n and a last line without a newline
+        (b"12345678\nx\n", 8, ["12345678", "x"], None),  # exactly the limit, then its newline
+        (b"ok\n123456789\nnever\n", 8, ["ok"], "x, line 2: longer than 8 bytes"),
+        (b"ok\n123456789", 8, ["ok"], "x, line 2: longer than 8 bytes"),
+        (b"ok\n\xff\n", 8, ["ok"], "x, line 2: not UTF-8 text"),
+        (b"", 8, [], "x is empty"),
+    ],
+)
+def test_read_lines_caps_the_line_length(data, limit, expected, error):
+    """A line is never read whole past `max_line_bytes` (a stream without newlines, such as /dev/zero, stays
+    bounded): it is refused naming its number, after the lines before it."""
+    import io
+
+    from edgeseq.runtime.lines import read_lines
+
+    got = []
+    if error is None:
+        got = list(read_lines(io.BytesIO(data), "x", max_line_bytes=limit))
+    else:
+        with pytest.raises(InputError, match=error):
+            for line in read_lines(io.BytesIO(data), "x", max_line_bytes=limit):
+                got.append(line)
+    assert got == expected
+
+
+def test_an_unreadable_line_stops_after_the_lines_before_it(bundle_factory):
+    """A read error in the middle of a window: the lines before it are translated and given back first."""
+    import io
+
+    from edgeseq.runtime.lines import read_lines
+
+    gen = Generator(bundle_factory()[0])
+    texts = lines_of(gen, 5)
+    data = ("\n".join(texts) + "\n").encode() + b"x" * 100 + b"\nabc\n"
+    done = []
+    with pytest.raises(InputError, match="line 6: longer than 64 bytes"):
+        for r in gen.translate_lines(read_lines(io.BytesIO(data), "in", 64), DecodingOptions(max_new_tokens=5)):
+            done.append(r.source)
+    assert done == texts

@@ -7,6 +7,7 @@ writer leaves the old bundle whole; bundles get the user's umask.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -257,3 +258,97 @@ def test_a_demo_that_cannot_write_leaves_nothing(tmp_path):
     r = cli("demo", "--steps", "1", "--out", tmp_path / "demo", preexec_fn=_small_files(4096))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "File too large" in r.stderr, r.stderr
     assert not (tmp_path / "demo").exists()
+
+
+@contextlib.contextmanager
+def unwritable(*folders: Path):
+    """Make `folders` refuse every change while the block runs: `chattr +i` as root (permission bits do not
+    stop root), permission bits otherwise. Yields the cause the error must name."""
+    if os.geteuid() != 0:
+        for f in folders:
+            f.chmod(0o555)
+        try:
+            yield "permission denied"
+        finally:
+            for f in folders:
+                f.chmod(0o755)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root, and chattr (e2fsprogs) is not installed: no way to make a folder read-only")
+    done = []
+    try:
+        for f in folders:
+            r = subprocess.run(["chattr", "+i", f], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"chattr +i does not work here ({r.stderr.strip()}): no way to make a folder read-only")
+            done.append(f)
+        yield "operation not permitted"
+    finally:
+        for f in done:
+            subprocess.run(["chattr", "-i", f], check=True)
+
+
+UNWRITABLE = [
+    # (command, the path the error must name); {h}/ro is a folder nothing can be written into, {h}/ro/q an
+    # old bundle inside it, {h}/frozen an old bundle that cannot be changed (its folder can)
+    (("export", "{h}/m.safetensors", "--out", "{h}/ro/new"), "{h}/ro/new"),
+    (("quantize", "{h}/b", "--out", "{h}/ro/new", "--mode", "int8"), "{h}/ro/new"),
+    (("quantize", "{h}/b", "--out", "{h}/ro/q", "--mode", "int8", "--force"), "{h}/ro/q"),
+    (("quantize", "{h}/b", "--out", "{h}/ro/new", "--auto", "--data", "{h}/data.txt"), "{h}/ro/new"),
+    (("export", "{h}/m.safetensors", "--out", "{h}/frozen", "--force"), "{h}/frozen"),
+    (("quantize", "{h}/b", "--out", "{h}/frozen", "--mode", "int8", "--force"), "{h}/frozen"),
+    (("generate", "{h}/b", "abc", "--output", "{h}/ro/out.txt"), "{h}/ro/out.txt"),
+    (("validate", "{h}/b", "--reference", "{h}/m.safetensors", "--json", "{h}/ro/r.json", "--no-record"), "{h}/ro/r.json"),
+    (("validate", "{h}/frozen", "--reference", "{h}/m.safetensors"), "{h}/frozen/edgeseq.json"),
+    (("bench", "{h}/b", "--new-tokens", "2", "--repeats", "1", "--json", "{h}/ro/b.json"), "{h}/ro/b.json"),
+    (("demo", "--steps", "1", "--out", "{h}/ro/demo"), "{h}/ro/demo"),
+]
+
+
+@pytest.mark.parametrize("args, path", UNWRITABLE, ids=[" ".join(a[:1] + a[3:5]) for a, _ in UNWRITABLE])
+def test_an_unwritable_target_is_one_line_naming_it(home, args, path):
+    """A read-only or immutable target: one line naming the path the user gave (never edgeseq's lock or
+    partial file beside it) and the cause; nothing on disk changed."""
+    (home / "ro").mkdir()
+    shutil.copytree(home / "b", home / "ro" / "q")
+    shutil.copytree(home / "b", home / "frozen")
+    frozen = path.startswith("{h}/frozen")
+    before = tree(home)
+    with unwritable(home / ("frozen" if frozen else "ro")) as cause:
+        if frozen and os.geteuid() != 0:
+            pytest.skip("permission bits on a directory do not stop its renaming by its owner")
+        r = cli(*(a.format(h=home) for a in args))
+    assert_refused(r, 1, f"{path.format(h=home)}: {cause}")
+    assert ".lock" not in r.stderr and ".partial" not in r.stderr and ".tmp" not in r.stderr, r.stderr
+    assert tree(home) == before
+
+
+def test_errors_and_messages_name_the_users_path(home):
+    """/proc/self/x is written through /proc/PID/.x.partial-PID: the error names /proc/self/x; a path with a
+    newline in it is printed escaped, on one line."""
+    r = cli("generate", home / "b", "abc", "--output", "/proc/self/x")
+    assert r.returncode == 1 and r.stderr.startswith("edgeseq: error: /proc/self/x: ") and ".partial" not in r.stderr
+    odd = home / "q\nx"
+    r = cli("quantize", home / "b", "--out", odd, "--mode", "int8")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"wrote {home}/q\\nx (dynamic-int8)"), r.stdout
+    assert lines[1] == f"check it: edgeseq validate {home}/q\\nx --reference {home}/b --data SOURCES"
+    r = cli("quantize", home / "b", "--out", odd, "--mode", "int8")
+    assert_refused(r, 1, f"{home}/q\\nx already exists")
+    assert r.stderr.count("\n") == 1
+
+
+def test_checkpoints_get_the_users_umask(tmp_path):
+    """save_checkpoint (and so the demo's dates.safetensors) respects the umask, as bundles do."""
+    from edgeseq.export import save_checkpoint
+    from tests.conftest import tiny_rnn
+
+    model, sv, tv = tiny_rnn()
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(mask)
+        try:
+            path = save_checkpoint(tmp_path / f"m{mask:o}.safetensors", model, sv, tv)
+        finally:
+            os.umask(old)
+        assert path.stat().st_mode & 0o777 == mode

@@ -14,7 +14,9 @@ import torch
 from edgeseq.demo.dates import demo_split
 from edgeseq.demo.train import TrainOptions, encode_pairs, train
 from edgeseq.errors import EdgeseqError
+from edgeseq.escapes import shown
 from edgeseq.export import ExportOptions, TorchBackend, adapter_for, export_model, save_checkpoint
+from edgeseq.export.parity import count
 from edgeseq.fsutil import WriteError, describe_os_error
 from edgeseq.models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq
 from edgeseq.runtime import DecodingOptions, Generator
@@ -41,7 +43,7 @@ class DemoOptions:
 def run_demo(out: Path | None, options: DemoOptions = DemoOptions(), echo: Callable[[str], None] = print) -> float:
     """Run the whole demo; returns the runtime's held-out exact match (an error below 95%)."""
     if out is not None and out.exists():
-        raise EdgeseqError(f"{out} already exists: choose another --out or remove it")
+        raise EdgeseqError(f"{shown(out)} already exists: choose another --out or remove it")
     torch.set_num_threads(options.threads)
     if out is None:
         with tempfile.TemporaryDirectory(prefix="edgeseq-demo-") as tmp:
@@ -49,7 +51,7 @@ def run_demo(out: Path | None, options: DemoOptions = DemoOptions(), echo: Calla
     try:
         out.mkdir(parents=True)
     except OSError as e:
-        raise WriteError(describe_os_error(e, e.filename or out)) from None
+        raise WriteError(describe_os_error(e, out)) from None
     try:
         return _run(out, options, echo, keep=True)
     except BaseException:  # nothing half-written: the directory is the demo's own, made just now
@@ -81,8 +83,11 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> 
     reference = TorchBackend(adapter_for(model))
     t = time.perf_counter()
     torch_out = [tv.decode(h[0].tokens) for h in decode(reference, reference.adapter.decoder_spec(), sources, decoding)]
-    torch_acc = _exact(torch_out, test_pairs)
-    echo(f"[3/5] PyTorch greedy on the held-out set: exact match {torch_acc:.1%} ({time.perf_counter() - t:.2f} s)")
+    torch_exact = _exact(torch_out, test_pairs)
+    echo(
+        f"[3/5] PyTorch greedy on the held-out set: exact match {count(torch_exact, len(test_pairs))} "
+        f"({time.perf_counter() - t:.2f} s)"
+    )
 
     checkpoint = save_checkpoint(out / "dates.safetensors", model, sv, tv, task="dates", steps=len(losses))
     bundle, report = export_model(
@@ -97,7 +102,7 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> 
     worst = max(c.max_abs for c in report.outputs)
     files = ", ".join(sorted(p.name for p in bundle.iterdir()))
     echo(
-        f"[4/5] exported {bundle} ({files}); parity with PyTorch: PASS, max abs error {worst:.1e}, "
+        f"[4/5] exported {shown(bundle)} ({files}); parity with PyTorch: PASS, max abs error {worst:.1e}, "
         f"{report.sequences[0].exact}/{report.sequences[0].sources} greedy sequences identical"
     )
 
@@ -106,11 +111,12 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> 
     results = gen.generate([s for s, _ in test_pairs])
     seconds = time.perf_counter() - t
     runtime_out = [r.text for r in results]
-    acc = _exact(runtime_out, test_pairs)
+    exact = _exact(runtime_out, test_pairs)
+    acc = exact / len(test_pairs)
     tokens = sum(len(r.tokens) + 1 for r in results)
     echo(
-        f"[5/5] ONNX Runtime greedy on the held-out set: exact match {acc:.1%}, same output as PyTorch for "
-        f"{sum(a == b for a, b in zip(runtime_out, torch_out))}/{len(test_pairs)}; "
+        f"[5/5] ONNX Runtime greedy on the held-out set: exact match {count(exact, len(test_pairs))}, same output "
+        f"as PyTorch for {count(sum(a == b for a, b in zip(runtime_out, torch_out)), len(test_pairs))}; "
         f"{len(test_pairs)} sentences in {seconds:.2f} s ({tokens / seconds:,.0f} tokens/s, one batch)"
     )
     echo("")
@@ -121,10 +127,14 @@ def _run(out: Path, o: DemoOptions, echo: Callable[[str], None], keep: bool) -> 
         ms = (time.perf_counter() - t) * 1000
         echo(f"{src:<36} {text:<12} {ref:<12} {'ok' if text == ref else 'XX':2} {ms:>6.1f}")
     echo("")
-    where = f"checkpoint {checkpoint.name} and bundle are in {out}" if keep else "pass --out DIR to keep the bundle"
+    where = (
+        f"checkpoint {checkpoint.name} and bundle are in {shown(out)}" if keep else "pass --out DIR to keep the bundle"
+    )
     echo(f"done in {time.perf_counter() - started:.0f} s; {where}")
     if acc < TARGET_EXACT_MATCH:
-        raise EdgeseqError(f"held-out exact match {acc:.1%} is below the demo's target {TARGET_EXACT_MATCH:.0%}")
+        raise EdgeseqError(
+            f"held-out exact match {count(exact, len(test_pairs))} is below the demo's target {TARGET_EXACT_MATCH:.0%}"
+        )
     return acc
 
 
@@ -160,5 +170,6 @@ def _model(o: DemoOptions, src_vocab: int, tgt_vocab: int) -> tuple[torch.nn.Mod
     return RNNSeq2Seq(cfg), name, TrainOptions(steps=o.steps or 600)
 
 
-def _exact(outputs: list[str], pairs: list[tuple[str, str]]) -> float:
-    return sum(o == r for o, (_, r) in zip(outputs, pairs)) / len(pairs)
+def _exact(outputs: list[str], pairs: list[tuple[str, str]]) -> int:
+    """How many outputs equal their reference."""
+    return sum(o == r for o, (_, r) in zip(outputs, pairs))

@@ -179,6 +179,4 @@ def record_parity(bundle_dir: Path, parity: dict) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise WriteError(
-            f"cannot record the result in the manifest: {describe_os_error(e, e.filename or path)}"
-        ) from None
+        raise WriteError(f"cannot record the result in the manifest: {describe_os_error(e, path)}") from None

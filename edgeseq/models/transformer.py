@@ -202,6 +202,9 @@ class DecoderLayer(_Block):
 class TransformerSeq2Seq(nn.Module):
     """Encoder-decoder Transformer: `forward` is the full teacher-forced pass; `step` decodes one token."""
 
+    # tensors built from the config and never stored in a checkpoint, and the config fields that size them
+    derived_from = {"pos_table": ("max_positions", "d_model")}
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         # trained by edgeseq's trainers on Vocab.encode sources (pieces, then </s>); False for a converted model

@@ -9,7 +9,8 @@ window, not on the input's size.
 
 A line the model cannot take (empty, too long, a character the vocabulary lacks and has no <unk> for) stops
 the run with an error naming its line number, or, with `on_error="skip"`, comes back with its error and no
-translation while the rest go on.
+translation while the rest go on. Input that cannot be read as lines (not UTF-8, a line of more than
+MAX_LINE_BYTES: /dev/zero has no newline) stops the run naming its line, once the lines before it are out.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ if TYPE_CHECKING:  # the Generator imports this module
     from edgeseq.runtime.options import DecodingOptions
 
 ON_ERROR = ("stop", "skip")
+MAX_LINE_BYTES = 1 << 20  # the longest line read_lines reads (a source sentence is far shorter)
+WINDOW_CHARS = 1 << 24  # a window also ends once its text holds this many characters (lines refused as too long)
 
 
 @dataclass(frozen=True)
 class Batching:
     """How a stream of lines is cut into batches."""
 
-    max_tokens: int = 8192  # per batch: decoder rows (sources x beams) x (longest source + max_new_tokens)
+    max_tokens: int = 4096  # per batch: decoder rows (sources x beams) x (longest source + max_new_tokens)
     window: int = 16  # batches' worth of lines read ahead and sorted by length (memory grows with it)
     on_error: str = "stop"  # a line the model cannot take: "stop" with an error naming it, or "skip" it
 
@@ -56,16 +59,23 @@ class LineResult:
     error: str | None = None
 
 
-def read_lines(stream: BinaryIO, name: str) -> Iterator[str]:
-    """The lines of a binary stream as text (UTF-8; a line that is not names its number), without newlines."""
+def read_lines(stream: BinaryIO, name: str, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
+    """The lines of a binary stream as text, without newlines. A line that is not UTF-8, or longer than
+    `max_line_bytes` (never read whole: memory stays bounded on a stream without newlines), names its number."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     count = 0
-    for count, raw in enumerate(stream, 1):  # noqa: B007 - count is used after the loop
+    while raw := stream.readline(max_line_bytes + 1):
+        count += 1
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            raise InputError(
+                f"{name}, line {count}: longer than {max_line_bytes} bytes (one source sentence per line; "
+                "is this a text file?)"
+            )
         try:
             text = decoder.decode(raw, final=True)
         except UnicodeDecodeError as e:
             raise InputError(f"{name}, line {count}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        yield text.rstrip("\n").removesuffix("\r")
+        yield text.removesuffix("\n").removesuffix("\r")
     if count == 0:
         raise InputError(f"{name} is empty: give one source sentence per line")
 
@@ -90,22 +100,31 @@ def translate_lines(
 def windows(bundle: Bundle, lines: Iterable[str], options: DecodingOptions, batching: Batching) -> Iterator[list]:
     """`lines` numbered from 1 and encoded, cut into the windows translate_lines decodes one at a time: each
     item (number, text, ids or None, error or None). A window ends once its tokens reach max_tokens x window
-    (or at 65536 lines), so a window's lines given to translate_lines again make exactly that one window
-    (edgeseq.ray sends each window to an actor as one task: the same batches, so the same results)."""
+    (or at 65536 lines, or WINDOW_CHARS characters), so a window's lines given to translate_lines again make
+    exactly that one window (edgeseq.ray sends each window to an actor as one task: the same batches, so the
+    same results). If reading `lines` fails (an EdgeseqError naming a line), the lines before it make a last
+    window, then the error is raised."""
     rows = _rows(options)
     budget = batching.max_tokens * batching.window
     numbered = enumerate(lines, 1)
     while True:
-        window, tokens = [], 0
-        for number, text in numbered:
-            item = _encode(bundle, number, text)
-            window.append(item)
-            tokens += rows * (len(item[2] or ()) + options.max_new_tokens)
-            if tokens >= budget or len(window) >= 1 << 16:
-                break
+        window, tokens, chars, failed = [], 0, 0, None
+        try:
+            for number, text in numbered:
+                item = _encode(bundle, number, text)
+                window.append(item)
+                tokens += rows * (len(item[2] or ()) + options.max_new_tokens)
+                chars += len(text)
+                if tokens >= budget or len(window) >= 1 << 16 or chars >= WINDOW_CHARS:
+                    break
+        except EdgeseqError as e:
+            failed = e
+        if window:
+            yield window
+        if failed is not None:
+            raise failed
         if not window:
             return
-        yield window
 
 
 def _rows(options: DecodingOptions) -> int:

@@ -26,7 +26,7 @@
   const ROLES = ['pad', 'bos', 'eos', 'unk'];
   const LEVELS = ['char', 'word'];
   const NORMALIZERS = ['nfkc', 'strip_accents', 'lower']; // applied in this order, whatever the file's order
-  const MAX_TOKENS = 8192; // per batch: rows (sources x beams) x (longest source + max_new_tokens), as the CLI
+  const MAX_TOKENS = 4096; // per batch: rows (sources x beams) x (longest source + max_new_tokens), as the CLI
   const MAX_NEW_TOKENS = 1 << 20;
   const MAX_BEAM = 1024;
 
