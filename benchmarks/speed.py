@@ -85,12 +85,13 @@ def measure(run, repeats: int, min_seconds: float = 1.0) -> dict:
     }
 
 
-def engine_edgeseq(work: Path, threads: int, workload: str, bundle: str) -> dict:
+def engine_edgeseq(work: Path, threads: int, workload: str, bundle: str, engine: str = "loop") -> dict:
+    """The runtime: the Python loop over the step graph, or (engine "graph") the bundle's generate.onnx."""
     from edgeseq.runtime import Generator
     from edgeseq.runtime.options import DecodingOptions
 
     t = time.perf_counter()
-    gen = Generator(work / bundle, threads=threads)
+    gen = Generator(work / bundle, threads=threads, engine=engine)
     load = time.perf_counter() - t
     _, batch, beam = WORKLOADS[workload]
     eos = gen.bundle.manifest.special_tokens["eos"]
@@ -245,8 +246,14 @@ def engine_ctranslate2_file(
         min_decoding_length=FILE_TOKENS,
     )
     target = work / f"out-ct2-{compute_type}-{workload}.txt"
-    # as the Marian tokenizer detokenizes (pieces joined, word marks to spaces)
-    target.write_text("".join("".join(r.hypotheses[0]).replace("\u2581", " ").strip() + "\n" for r in results))
+    # as the Marian tokenizer detokenizes (special pieces left out, pieces joined, word marks to spaces)
+    special = {"<unk>", "<pad>", "</s>"}
+    target.write_text(
+        "".join(
+            "".join(p for p in r.hypotheses[0] if p not in special).replace("\u2581", " ").strip() + "\n"
+            for r in results
+        )
+    )
     return {"seconds": time.perf_counter() - t, "output": str(target)}
 
 
@@ -293,10 +300,16 @@ def step_weight_bytes(bundle: Path) -> int:
 def engines_for(workload: str, work: Path, optimum_python: str | None) -> list[tuple[str, str, str]]:
     """(label, engine spec, interpreter) for every engine that can run `workload` here."""
     if workload.startswith("lstm"):
-        return [("edgeseq fp32", "edgeseq:demo/bundle", sys.executable), ("pytorch eager", "pytorch", sys.executable)]
+        return [
+            ("edgeseq fp32", "edgeseq:demo/bundle", sys.executable),
+            ("edgeseq graph fp32", "edgeseq:demo/bundle:graph", sys.executable),
+            ("pytorch eager", "pytorch", sys.executable),
+        ]
     engines = [
         ("edgeseq fp32", "edgeseq:edgeseq-fp32", sys.executable),
         ("edgeseq int8", "edgeseq:edgeseq-int8", sys.executable),
+        ("edgeseq graph fp32", "edgeseq:edgeseq-fp32:graph", sys.executable),
+        ("edgeseq graph int8", "edgeseq:edgeseq-int8:graph", sys.executable),
         ("pytorch eager", "pytorch", sys.executable),
     ]
     try:
@@ -367,6 +380,9 @@ RATIOS = (
     ("edgeseq int8", "ctranslate2 int8"),
     ("edgeseq fp32", "optimum fp32"),
     ("edgeseq fp32", "pytorch eager"),
+    ("edgeseq graph fp32", "edgeseq fp32"),  # generate.onnx against the Python loop (issue 15)
+    ("edgeseq graph int8", "edgeseq int8"),
+    ("edgeseq graph fp32", "ctranslate2 fp32"),
 )
 
 

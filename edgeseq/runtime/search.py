@@ -118,7 +118,11 @@ class TokenByToken(_Search):
         )
         self.length = 1
         seed = options.seed
-        self.generators = [np.random.default_rng(None if seed is None else [seed, i]) for i in range(len(self.rows))]
+        self.generators = (  # one per row: a row's samples do not depend on its batch-mates (sampling only)
+            [np.random.default_rng(None if seed is None else [seed, i]) for i in range(len(self.rows))]
+            if options.sample
+            else []
+        )
         self._emitted: list[tuple[int, int]] = []
 
     def start_rows(self) -> np.ndarray:
