@@ -11,7 +11,6 @@ beat its worst; then its rows leave the batch.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import helper
 
 from edgeseq.export.compose import Nodes, elem_type, value
@@ -21,7 +20,6 @@ from edgeseq.export.generate_loops import (
     INT,
     Loop,
     Parts,
-    branch,
     context_type,
     filled,
     first_dim,
@@ -31,17 +29,17 @@ from edgeseq.export.generate_loops import (
 from edgeseq.export.generate_pool import best_first, offer
 
 
-def beam_loop(p: Parts, s: dict[str, str]) -> onnx.GraphProto:
-    """The If's then branch: beam search over `beam_size` beams per source."""
-    o = Nodes("beam/", p.opset)
+def beam_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> list[str]:
+    """Beam search over `beam_size` beams per source. Its nodes go into the main graph `o`; it runs
+    `s["beam_trips"]` iterations at most (0 when greedy decoding runs instead). Returns generate.onnx's three
+    outputs for it."""
     d, V = p.manifest.decoder, p.vocab
-    ctx = p.encode(o)
     i64 = lambda b, x: b.const(x, np.int64)  # noqa: E731
     n = first_dim(o, "src_ids")
     k1 = o.op("Reshape", ["beam_size", i64(o, [1])])
     rows0 = o.op("Squeeze", [o.op("Mul", [n, k1])])
     rep = o.op("Div", [o.op("Range", [i64(o, 0), rows0, i64(o, 1)]), "beam_size"])  # (nK,): each row's source
-    loop = Loop("beam", o, p, s)
+    loop = Loop("beam", o, p, s, s["beam_trips"])
     b = loop.b
     tok = loop.carry("tok", o.op("Expand", [i64(o, p.start), o.op("Mul", [n, k1])]), INT)
     states = {
@@ -169,4 +167,4 @@ def beam_loop(p: Parts, s: dict[str, str]) -> onnx.GraphProto:
         "tokens": final["pool_t"],
         "count": final["pool_c"],
     }
-    return branch(o, "beam", list(best_first(o, "beam_size", finished)))
+    return list(best_first(o, "beam_size", finished))

@@ -114,9 +114,23 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     )
     _check_step_inputs(parts)
     shared = shared_values(main, parts)
+    # Both loops sit in the main graph, the one not asked for running 0 iterations: ONNX Runtime prepacks a
+    # weight for a node in a Loop body, but not in a Loop inside an If (10-30x slower steps), and a value
+    # read from inside a subgraph must not be a Dequantize output (static int8: QDQ propagation fails).
     is_beam = main.op("Greater", ["beam_size", main.const(1, np.int64)])
-    beam, greedy = beam_loop(parts, shared), greedy_loop(parts, shared)
-    main.op("If", [is_beam], [t.name for t in OUTPUTS], then_branch=beam, else_branch=greedy)
+    none = main.const(0, np.int64)
+    shared["greedy_trips"] = main.op("Where", [is_beam, none, shared["limit"]])
+    shared["beam_trips"] = main.op("Where", [is_beam, shared["limit"], none])
+    context = parts.encode(main)
+    greedy = greedy_loop(parts, shared, main, context)
+    beam = beam_loop(parts, shared, main, context)
+    main.op(
+        "If",
+        [is_beam],
+        [t.name for t in OUTPUTS],
+        then_branch=_pick(main, "beam", beam),
+        else_branch=_pick(main, "greedy", greedy),
+    )
     inputs = input_specs(m)
     graph = helper.make_graph(
         main.nodes,
@@ -140,3 +154,15 @@ def _check_step_inputs(p: Parts) -> None:
     unknown = [i.name for i in p.step.input if i.name not in known and i.name not in p.step_inits]
     if unknown:
         raise BundleError(f"generate graph: decoder_step inputs {unknown} come from neither the loop nor the context")
+
+
+def _pick(b: Nodes, name: str, outputs: list[str]) -> onnx.GraphProto:
+    """An If branch giving one loop's three outputs (tokens, lengths, scores) as generate.onnx's."""
+    picked = Nodes(f"{name}.pick/", b.opset)
+    named = [picked.identity(x, f"{name}.{o.name}") for x, o in zip(outputs, OUTPUTS)]
+    return helper.make_graph(
+        picked.nodes,
+        f"pick_{name}",
+        [],
+        [helper.make_tensor_value_info(x, elem_type(o.dtype), None) for x, o in zip(named, OUTPUTS)],
+    )

@@ -47,12 +47,8 @@ class Parts:
         return [k for k in self.context_names if k in inputs]
 
     def encode(self, b: Nodes) -> dict[str, str]:
-        """The encoder and attention graphs' nodes in `b`; every context value by name.
-
-        Each loop's branch runs its own copy (the weights are shared): a value computed outside an If and
-        read inside it is an implicit input, and ONNX Runtime's QDQ propagation (static int8) fails on a
-        Dequantize output read that way.
-        """
+        """The encoder and attention graphs' nodes in `b`; every context value by name. The loops take them
+        as explicit initial values (never read from inside a body: see generate_graph.py)."""
         context = {n: n for n in self.context_names[:2]}
         for name, graph, inits in self.context_graphs:
             feeds = {i.name: context[i.name] for i in graph.input if i.name not in inits}
@@ -91,8 +87,8 @@ def shared_values(g: Nodes, p: Parts) -> dict[str, str]:
 class Loop:
     """A Loop node being built: its carried values (initial value outside, name inside) and its body."""
 
-    def __init__(self, name: str, outer: Nodes, p: Parts, s: dict[str, str]) -> None:
-        self.name, self.outer, self.p, self.s = name, outer, p, s
+    def __init__(self, name: str, outer: Nodes, p: Parts, s: dict[str, str], trips: str) -> None:
+        self.name, self.outer, self.p, self.s, self.trips = name, outer, p, s, trips
         self.b = Nodes(f"{name}/body/", p.opset)
         self.it, self.cond = f"{name}.it", f"{name}.cond"
         self.initial: dict[str, str] = {}
@@ -144,7 +140,7 @@ class Loop:
         return now, eos_now, row, bias
 
     def close(self, new: dict[str, str], going: str) -> dict[str, str]:
-        """Add the Loop node (at most `limit` iterations, while `going`); returns the final values outside."""
+        """Add the Loop node (at most `trips` iterations, while `going`); returns the final values outside."""
         b, keys = self.b, list(self.initial)
         outs = [b.identity(going, f"{self.name}.going")] + [b.identity(new[k], f"{self.name}.out.{k}") for k in keys]
         body = helper.make_graph(
@@ -158,7 +154,7 @@ class Loop:
             [scalar(outs[0], BOOL), *(value(o, self.types[k]) for o, k in zip(outs[1:], keys))],
         )
         o = self.outer
-        final = o.op("Loop", [self.s["limit"], o.const(True, np.bool_), *self.initial.values()], len(keys), body=body)
+        final = o.op("Loop", [self.trips, o.const(True, np.bool_), *self.initial.values()], len(keys), body=body)
         return dict(zip(keys, final if isinstance(final, list) else [final]))
 
 
@@ -216,13 +212,13 @@ def first_dim(b: Nodes, x: str) -> str:
     return b.op("Slice", [b.op("Shape", [x]), b.const([0], np.int64), b.const([1], np.int64)])
 
 
-def greedy_loop(p: Parts, s: dict[str, str]) -> onnx.GraphProto:
-    """The If's else branch: greedy decoding; a row that chooses </s> leaves the batch (runtime TokenByToken)."""
-    o = Nodes("greedy/", p.opset)
+def greedy_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> list[str]:
+    """Greedy decoding (runtime TokenByToken): a row that chooses </s> leaves the batch. Its nodes go into the
+    main graph `o`; it runs `s["greedy_trips"]` iterations at most (0 when beam search runs instead).
+    Returns generate.onnx's three outputs for it."""
     d = p.manifest.decoder
-    ctx = p.encode(o)
     n = first_dim(o, "src_ids")
-    loop = Loop("greedy", o, p, s)
+    loop = Loop("greedy", o, p, s, s["greedy_trips"])
     b = loop.b
     tok = loop.carry("tok", o.op("Expand", [o.const(p.start, np.int64), n]), INT)
     states = {
@@ -278,7 +274,7 @@ def greedy_loop(p: Parts, s: dict[str, str]) -> onnx.GraphProto:
         o.op("Unsqueeze", [final["length"], one]),
         o.op("Unsqueeze", [o.op("Cast", [final["score"]], to=FLOAT), one]),
     ]
-    return branch(o, "greedy", outs)
+    return outs
 
 
 def context_type(p: Parts, name: str) -> int:

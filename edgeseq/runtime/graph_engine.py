@@ -85,7 +85,8 @@ class GraphEngine:
         self.note = check_provider(provider, self.session.session, GRAPH)
         m = bundle.manifest
         self.source_pad, self.masked_padding = m.source_framing.pad, m.masked_padding
-        self.mask_dtype = m.graphs[GRAPH].input("src_mask").dtype
+        # the dtypes the graph declares (flags were bool in bundles made before they became int64)
+        self.dtypes = {t.name: t.dtype for t in m.graphs[GRAPH].inputs}
 
     def decode(
         self, sources: Sequence[Sequence[int]], options: DecodingOptions, banned: Sequence[int] = ()
@@ -100,7 +101,8 @@ class GraphEngine:
         results: list[list[Hypothesis]] = [[] for _ in sources]
         for group in batches(self, sources):
             ids, mask = pad_batch([sources[i] for i in group], self.source_pad)
-            out = self.session.run(graph_feeds(ids, mask.astype(self.mask_dtype), options, banned))
+            feeds = graph_feeds(ids, mask, options, banned)
+            out = self.session.run({k: v.astype(self.dtypes[k], copy=False) for k, v in feeds.items()})
             for i, hyps in zip(group, hypotheses(out["tokens"], out["lengths"], out["scores"], options.nbest)):
                 results[i] = hyps
         return results
