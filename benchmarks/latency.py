@@ -4,7 +4,8 @@
 
 Models: the demo's attention-LSTM (`edgeseq demo`, a date, 10 tokens) and a 1-layer GRU encoder-decoder
 (256 units, no attention, random weights, shaped like g2p_en's: a word of letters in, 8 phonemes out).
-For each: the whole call (`generate_ids`, and `generate` from text), the encoder call (the runtime's
+For each: the whole call (`generate_ids`, and `generate` from text; and through generate.onnx, the whole
+loop in one ONNX Runtime call, `engine="graph"`, where the bundle has it), the encoder call (the runtime's
 encoder + attention for one source) and the steady step ((call(N) - call(1)) / (N - 1)), each the median
 over many calls, against its floor: onnxruntime's own `InferenceSession.run` on the same graph with the
 same feeds (what a loop with no work of its own would pay).
@@ -100,8 +101,13 @@ def measure(work: Path, name: str, threads: int, runs: int = 2000) -> dict:
         feeds = {i.name: captured[graph][i.name] for i in session.get_inputs()}
         names = [o.name for o in session.get_outputs()]
         floors[graph] = median_us(lambda s=session._sess, f=feeds, n=names: s.run(n, f, None), runs)
+    graph_call = None
+    if "generate" in gen.bundle.manifest.graphs:  # the same call through generate.onnx (one session run)
+        graph = Generator(work / folder, threads=threads, engine="graph")
+        graph_call = median_us(lambda: graph.generate_ids([ids], full), runs)
     return {
         "call_us": call,
+        "graph_call_us": graph_call,
         "text_call_us": text_call,
         "first_us": first,
         "step_us": (call - first) / (tokens - 1),
@@ -113,17 +119,24 @@ def measure(work: Path, name: str, threads: int, runs: int = 2000) -> dict:
 
 
 def report(results: dict, baseline: dict | None = None) -> None:
-    print(f"{'model':<11}{'call us':>9}{'text us':>9}{'encoder us':>12}{'floor':>7}{'step us':>9}{'floor':>7}")
+    print(
+        f"{'model':<11}{'call us':>9}{'graph us':>10}{'text us':>9}{'encoder us':>12}{'floor':>7}{'step us':>9}"
+        f"{'floor':>7}"
+    )
     for name, r in results.items():
+        graph = f"{r['graph_call_us']:>10.0f}" if r.get("graph_call_us") else f"{'-':>10}"
         print(
-            f"{name:<11}{r['call_us']:>9.0f}{r['text_call_us']:>9.0f}{r['encoder_us']:>12.1f}"
+            f"{name:<11}{r['call_us']:>9.0f}{graph}{r['text_call_us']:>9.0f}{r['encoder_us']:>12.1f}"
             f"{r['encoder_floor_us']:>7.1f}{r['step_us']:>9.1f}{r['step_floor_us']:>7.1f}"
         )
+        if r.get("graph_call_us"):
+            print(f"{'':<11}generate.onnx: {r['call_us'] / r['graph_call_us']:.2f}x faster than the Python loop")
         if baseline and name in baseline:
             b = baseline[name]
             print(
                 f"{'':<11}vs baseline: call {b['call_us'] / r['call_us']:.2f}x faster, encoder "
                 f"{b['encoder_us'] / r['encoder_us']:.2f}x, step {b['step_us'] / r['step_us']:.2f}x"
+                + (f"; generate.onnx {b['call_us'] / r['graph_call_us']:.2f}x" if r.get("graph_call_us") else "")
             )
 
 

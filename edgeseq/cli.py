@@ -151,10 +151,11 @@ def decoding_flags(f):
 @click.option("--provider", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option(
     "--engine",
-    type=click.Choice(["loop", "graph"]),
-    default="loop",
+    type=click.Choice(["auto", "loop", "graph"]),
+    default="auto",
     show_default=True,
-    help="loop: the Python loop over the step graph; graph: the bundle's generate.onnx (greedy and beam only).",
+    help="graph: the bundle's generate.onnx, the whole loop in one call (greedy, beam); loop: the Python loop "
+    "over the step graph (every option); auto: the graph where it applies.",
 )
 @click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads (default: onnxruntime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list with one object per source.")
@@ -202,7 +203,7 @@ def generate(
     if use_ray or ray_address or actors:
         if not use_ray:
             raise OptionsError("--ray-address and --actors go with --ray")
-        if stream or provider != "cpu" or engine != "loop":
+        if stream or provider != "cpu" or engine != "auto":
             raise OptionsError("--ray decodes whole lines on CPUs: leave out --stream, --provider and --engine")
         from edgeseq.ray import Cluster
 

@@ -86,7 +86,7 @@ def check_text(
     threads: int | None = None,
 ) -> TextCheck:
     """Decode `texts` with the bundle and compare with `expected`; on a difference, look for its cause."""
-    gen = Generator(bundle, threads=threads)
+    gen = Generator(bundle, threads=threads, engine="loop")  # (the diagnosis changes the loop's special ids)
     options = options or DecodingOptions(max_new_tokens=bundle.manifest.max_new_tokens)
     got, refused = [], {}
     for i, text in enumerate(texts):

@@ -13,12 +13,12 @@ import onnxruntime as ort
 from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
 from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor
 from edgeseq.runtime.bundle import Bundle, load_bundle
-from edgeseq.runtime.graph_engine import GraphEngine
+from edgeseq.runtime.graph_engine import GraphEngine, graph_problems
 from edgeseq.runtime.lines import Batching, LineResult, translate_lines
 from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
-from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
+from edgeseq.runtime.session import GraphSession, check_file_io, check_provider, resolve_providers
 from edgeseq.runtime.step import BEAM, GREEDY, REORDER, HeadRequest
 
 HEAD_MODES = {  # the step graph's head_mode input (export/head.py)
@@ -198,15 +198,18 @@ class StreamedToken:
     done: bool = False
 
 
-ENGINES = ("loop", "graph")
+ENGINES = ("auto", "loop", "graph")
 
 
 class Generator:
     """Decodes with a bundle: `Generator("bundle/").generate(["Tuesday, 24 November 2026"])`.
 
-    `engine`: "loop" (default) runs the Python generation loop over the bundle's encoder, attention and
-    decoder-step graphs (every decoding option, streaming); "graph" runs the bundle's generate.onnx, the
-    whole loop in one ONNX Runtime call (greedy and beam search; runtime/graph_engine.py).
+    `engine`: "loop" runs the Python generation loop over the bundle's encoder, attention and decoder-step
+    graphs (every decoding option, streaming, CUDA with IOBinding); "graph" runs the bundle's generate.onnx,
+    the whole loop in one ONNX Runtime call (greedy and beam search; runtime/graph_engine.py): the same
+    tokens, without Python between steps, several times faster for small models. "auto" (the default) uses
+    the graph on the CPU for what it does, and the loop for the rest (sampling, penalties, alignments,
+    streaming, other providers, bundles without generate.onnx); the loop's sessions load when first needed.
     """
 
     def __init__(
@@ -217,20 +220,44 @@ class Generator:
         options: DecodingOptions | None = None,
         io_binding: bool | None = None,
         use_head: bool = True,
-        engine: str = "loop",
+        engine: str = "auto",
     ) -> None:
         if engine not in ENGINES:
             raise OptionsError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.engine = engine
-        self.graph = GraphEngine(self.bundle, provider, threads) if engine == "graph" else None
-        self.backend = None if self.graph else OrtBackend(self.bundle, provider, threads, io_binding, use_head)
+        self._loop_args = (provider, threads, io_binding, use_head)
+        self._backend: OrtBackend | None = None
+        graph = engine == "graph" or (
+            engine == "auto" and provider == "cpu" and not io_binding and "generate" in self.bundle.manifest.graphs
+        )
+        self.graph = GraphEngine(self.bundle, provider, threads) if graph else None
+        if self.graph is None:
+            self._backend = OrtBackend(self.bundle, *self._loop_args)
+        else:  # the loop's graphs load later, if ever: their declared I/O is checked now all the same
+            for name in self.bundle.manifest.loop_graphs:
+                check_file_io(self.bundle, name)
         self.options = options or self.default_options()
+
+    @property
+    def backend(self) -> OrtBackend:
+        """The Python loop's backend (its sessions load the first time it is needed)."""
+        if self._backend is None:
+            if self.engine == "graph":
+                raise OptionsError("this Generator decodes with the generate graph only (engine 'graph')")
+            self._backend = OrtBackend(self.bundle, *self._loop_args)
+        return self._backend
 
     @property
     def note(self) -> str | None:
         """A provider fallback that 'auto' made, for the user to see."""
         return (self.graph or self.backend).note
+
+    def _graph_for(self, options: DecodingOptions) -> GraphEngine | None:
+        """The generate graph, if it is to decode with `options` (engine 'graph', or 'auto' and it can)."""
+        if self.graph is None or (self.engine == "auto" and graph_problems(options)):
+            return None
+        return self.graph
 
     def default_options(self) -> DecodingOptions:
         """The bundle's decoding defaults (its manifest's `generation`, and max_new_tokens)."""
@@ -274,8 +301,9 @@ class Generator:
         `<bos> ... <eos>` or `... </s>` as the bundle's source_framing says), ids in 0..source_vocab_size-1.
         """
         options = self._check(sources, options or self.options)
-        if self.graph is not None:
-            return self.graph.decode(sources, options, self._banned())
+        graph = self._graph_for(options)
+        if graph is not None:
+            return graph.decode(sources, options, self._banned())
         return decode(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
 
     def stream(self, texts: str | Sequence[str], options: DecodingOptions | None = None) -> Iterator[StreamedToken]:
@@ -289,9 +317,9 @@ class Generator:
             )
         if options.nbest > 1:
             raise OptionsError("streaming gives one hypothesis per source: use nbest 1")
-        if self.backend is None:
+        if self.engine == "graph":
             raise OptionsError(
-                "streaming needs the Python loop: the generate graph gives whole results (engine 'loop')"
+                "streaming needs the Python loop: the generate graph gives whole results (engine 'loop' or 'auto')"
             )
         sources = [self.encode(t) for t in texts]
         options = self._check(sources, options)

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from edgeseq.bundle import GraphSpec
 from edgeseq.errors import BundleError, OptionsError
 from edgeseq.runtime.bundle import Bundle
+from edgeseq.runtime.external import declared_io
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _ORT_DTYPES = {
@@ -129,9 +130,19 @@ def run_error(graph: str, file: str, e: Exception) -> BundleError:
 
 def check_io(name: str, spec: GraphSpec, session: ort.InferenceSession) -> None:
     """Refuse a graph whose real inputs/outputs differ from the manifest, naming the first difference."""
+    _compare_io(name, spec, session.get_inputs(), session.get_outputs())
+
+
+def check_file_io(bundle: Bundle, name: str) -> None:
+    """check_io for a graph no session has loaded: its inputs and outputs as its file declares them."""
+    inputs, outputs = declared_io(bundle.graph_path(name))
+    _compare_io(name, bundle.manifest.graphs[name], inputs, outputs)
+
+
+def _compare_io(name: str, spec: GraphSpec, inputs, outputs) -> None:
     for kind, declared, actual in (
-        ("input", spec.inputs, session.get_inputs()),
-        ("output", spec.outputs, session.get_outputs()),
+        ("input", spec.inputs, inputs),
+        ("output", spec.outputs, outputs),
     ):
         want = {t.name: t for t in declared}
         got = {a.name: a for a in actual}
