@@ -298,7 +298,10 @@ UNWRITABLE = [
     (("export", "{h}/m.safetensors", "--out", "{h}/frozen", "--force"), "{h}/frozen"),
     (("quantize", "{h}/b", "--out", "{h}/frozen", "--mode", "int8", "--force"), "{h}/frozen"),
     (("generate", "{h}/b", "abc", "--output", "{h}/ro/out.txt"), "{h}/ro/out.txt"),
-    (("validate", "{h}/b", "--reference", "{h}/m.safetensors", "--json", "{h}/ro/r.json", "--no-record"), "{h}/ro/r.json"),
+    (
+        ("validate", "{h}/b", "--reference", "{h}/m.safetensors", "--json", "{h}/ro/r.json", "--no-record"),
+        "{h}/ro/r.json",
+    ),
     (("validate", "{h}/frozen", "--reference", "{h}/m.safetensors"), "{h}/frozen/edgeseq.json"),
     (("bench", "{h}/b", "--new-tokens", "2", "--repeats", "1", "--json", "{h}/ro/b.json"), "{h}/ro/b.json"),
     (("demo", "--steps", "1", "--out", "{h}/ro/demo"), "{h}/ro/demo"),
