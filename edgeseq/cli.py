@@ -155,7 +155,8 @@ def decoding_flags(f):
     default="auto",
     show_default=True,
     help="graph: the bundle's generate.onnx, the whole loop in one call (greedy, beam); loop: the Python loop "
-    "over the step graph (every option); auto: the graph where it applies.",
+    "over the step graph (every option); auto: the graph where it is faster (greedy, a few sources, a small "
+    "model), else the loop.",
 )
 @click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads (default: onnxruntime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list with one object per source.")

@@ -92,3 +92,22 @@ def edit_manifest(bundle, change):
     data = json.loads((bundle / MANIFEST).read_text())
     change(data)
     (bundle / MANIFEST).write_text(json.dumps(data))
+
+
+def inline_tensor_bytes(bundle) -> int:
+    """Bytes of tensor data stored inside a bundle's .onnx files (initializers, Constant attributes, in
+    subgraphs too) rather than in weights.bin: the graphs should hold their structure only."""
+    import onnx
+
+    def graph_bytes(g) -> int:
+        total = sum(len(t.raw_data) for t in g.initializer if not t.external_data)
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR and not a.t.external_data:
+                    total += len(a.t.raw_data)
+                total += sum(
+                    graph_bytes(sub) for sub in (*([a.g] if a.type == onnx.AttributeProto.GRAPH else []), *a.graphs)
+                )
+        return total
+
+    return sum(graph_bytes(onnx.load(str(f), load_external_data=False).graph) for f in bundle.glob("*.onnx"))

@@ -44,7 +44,9 @@ def torch_greedy(model, sources, max_new_tokens):
 def test_graphs_are_valid_named_and_dynamic(bundle_factory, cell, attention, bidirectional):
     bundle, *_ = bundle_factory(cell, attention, bidirectional)
     manifest = json.loads((bundle / MANIFEST).read_text())
-    expected = {"encoder", "decoder_step"} | ({"attention"} if attention in ("bahdanau", "luong-general") else set())
+    expected = {"encoder", "decoder_step", "generate"} | (
+        {"attention"} if attention in ("bahdanau", "luong-general") else set()
+    )
     assert set(manifest["graphs"]) == expected
     for g in manifest["graphs"].values():
         model = onnx.load(str(bundle / g["file"]))
@@ -55,8 +57,14 @@ def test_graphs_are_valid_named_and_dynamic(bundle_factory, cell, attention, bid
                 assert t["name"] and t["dtype"] in ("float32", "int64")
                 dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
                 assert dims == t["shape"]
-                # per row, except scalars and the head's inputs and outputs (export/head.py)
-                assert "batch" in t["shape"] or t["shape"] == [] or t["name"] in manifest["decoder"]["head"].values()
+                # per row, except scalars, the head's inputs and outputs (export/head.py), the rows to reorder
+                # the states by (export/reorder.py) and generate.onnx's banned ids
+                assert (
+                    "batch" in t["shape"]
+                    or t["shape"] == []
+                    or t["name"] in (*manifest["decoder"]["head"].values(), manifest["decoder"]["reorder_input"])
+                    or (g["file"] == "generate.onnx" and t["name"] == "banned_ids")
+                ), (g["file"], t)
     assert manifest["parity"]["ok"] is True
     assert manifest["provenance"]["opset"] == 17 and manifest["provenance"]["torch"] == torch.__version__
 
@@ -95,6 +103,7 @@ def test_each_graph_matches_pytorch(bundle_factory, cell, attention, bidirection
             "head_mode": np.array(1, dtype=np.int64),
             "head_bias": np.zeros(model.cfg.tgt_vocab_size, dtype=np.float32),
             "beam_scores": np.zeros((0, 0), dtype=np.float32),
+            "state_rows": np.zeros(0, dtype=np.int64),  # every row continues itself (export/reorder.py)
         }
         if keys is not None:
             pool["attn_keys"] = keys.numpy()

@@ -207,7 +207,7 @@ def test_generate_graph_in_a_process_without_edgeseq(bundles):
 
 def test_engine_graph_from_python_and_the_cli(bundles):
     bundle = bundles["lstm"]["fp32"]
-    loop, graph = Generator(bundle), Generator(bundle, engine="graph")
+    loop, graph = Generator(bundle, engine="loop"), Generator(bundle, engine="graph")
     texts = ["abc", "hello world 42", "zz"]
     for options in (DecodingOptions(max_new_tokens=10), DecodingOptions(max_new_tokens=10, beam_size=3)):
         assert [t.text for t in graph.generate(texts, options)] == [t.text for t in loop.generate(texts, options)]
@@ -216,6 +216,37 @@ def test_engine_graph_from_python_and_the_cli(bundles):
     assert subprocess.run([*cli, "--engine", "graph"], capture_output=True, text=True, check=True).stdout == plain
     r = subprocess.run([*cli[:-2], "--engine", "graph", "--sample"], capture_output=True, text=True)
     assert r.returncode == 2 and "the generate graph does not do sampling" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_auto_uses_the_graph_where_it_is_faster(bundles, monkeypatch):
+    """engine 'auto': generate.onnx for greedy decoding of a few sources by a small model, the loop for beam
+    search, many sources or a large model (generator.AUTO_GRAPH_*); the same tokens either way."""
+    import edgeseq.runtime.generator as generator
+    from edgeseq.runtime.graph_engine import GraphEngine
+
+    used = []
+    original = GraphEngine.decode
+    monkeypatch.setattr(GraphEngine, "decode", lambda self, *a, **k: used.append(len(a[0])) or original(self, *a, **k))
+    bundle = bundles["lstm"]["fp32"]
+    auto, loop = Generator(bundle), Generator(bundle, engine="loop")
+    assert auto._graph is None  # loaded when first needed
+    sources = (sources_for(auto, 6) * 4)[: generator.AUTO_GRAPH_SOURCES + 1]
+    greedy, beam = DecodingOptions(max_new_tokens=10), DecodingOptions(max_new_tokens=10, beam_size=3)
+    for some, options, graph in ((sources[:2], greedy, True), (sources, greedy, False), (sources[:2], beam, False)):
+        used.clear()
+        assert same(auto.generate_ids(some, options), loop.generate_ids(some, options))
+        assert used == ([len(some)] if graph else []), (len(some), options.beam_size)
+    monkeypatch.setattr(generator, "AUTO_GRAPH_WEIGHTS", 1000)  # a model larger than that: the loop
+    used.clear()
+    assert same(Generator(bundle).generate_ids(sources[:2], greedy), loop.generate_ids(sources[:2], greedy))
+    assert not used
+
+
+def same(a: list, b: list) -> bool:
+    """The same hypotheses (tokens), scores equal to float32 precision (the graph sums them in float32)."""
+    return [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b] and np.allclose(
+        [h.score for x in a for h in x], [h.score for x in b for h in x], rtol=1e-6, atol=0
+    )
 
 
 def test_bundles_can_leave_it_out_and_then_say_so(tmp_path, bundles):

@@ -10,7 +10,8 @@ from onnx import TensorProto, helper
 
 from edgeseq.bundle import MANIFEST, file_sha256
 from edgeseq.export import ExportOptions, export_model
-from edgeseq.runtime import DecodingOptions, Generator
+from edgeseq.runtime import DecodingOptions
+from edgeseq.runtime import Generator as AnyEngine
 from edgeseq.runtime.binding import DeviceTensor
 from edgeseq.runtime.loop import Decoding
 from edgeseq.runtime.processors import log_softmax
@@ -24,6 +25,10 @@ OPTIONS = {
     "beam": DecodingOptions(max_new_tokens=12, beam_size=4, nbest=4),
     "beam-min-length": DecodingOptions(max_new_tokens=12, beam_size=3, min_new_tokens=6, length_penalty=0.7),
 }
+
+
+def Generator(*args, **kwargs) -> AnyEngine:  # noqa: N802 - these tests are of the Python loop's head
+    return AnyEngine(*args, engine="loop", **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""generate.onnx's beam search: Hugging Face's semantics as runtime/search.py BeamSearch has them.
+"""generate.onnx's beam search (a branch of the decoding loop's body, generate_graph.decode): Hugging Face's
+semantics as runtime/search.py BeamSearch has them.
 
 Per step and source still searching: the 2K best continuations of log_softmax(logits) + bias + each beam's
 running score (flat over beams x vocabulary, ties to the lower index); those among the first K that end
@@ -13,74 +14,48 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from edgeseq.export.compose import Nodes, elem_type, value
-from edgeseq.export.generate_loops import (
-    DOUBLE,
-    FLOAT,
-    INT,
-    Loop,
-    Parts,
-    context_type,
-    filled,
-    first_dim,
-    rows_unless,
-    zeros_state,
-)
+from edgeseq.export.compose import Nodes, value
+from edgeseq.export.generate_loops import DOUBLE, FLOAT, INT, Loop, Parts, filled, first_dim, rows_unless
 from edgeseq.export.generate_pool import best_first, offer
 
 
-def beam_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> list[str]:
-    """Beam search over `beam_size` beams per source. Its nodes go into the main graph `o`; it runs
-    `s["beam_trips"]` iterations at most (0 when greedy decoding runs instead). Returns generate.onnx's three
-    outputs for it."""
-    d, V = p.manifest.decoder, p.vocab
+def beam_carry(loop: Loop, o: Nodes, s: dict[str, str], n: str) -> dict[str, str]:
+    """Beam search's own carried values (beside the tokens, states and rows every strategy carries), for
+    `s["beam"]` beams per source."""
     i64 = lambda b, x: b.const(x, np.int64)  # noqa: E731
-    n = first_dim(o, "src_ids")
-    k1 = o.op("Reshape", ["beam_size", i64(o, [1])])
-    rows0 = o.op("Squeeze", [o.op("Mul", [n, k1])])
-    rep = o.op("Div", [o.op("Range", [i64(o, 0), rows0, i64(o, 1)]), "beam_size"])  # (nK,): each row's source
-    loop = Loop("beam", o, p, s, s["beam_trips"])
-    b = loop.b
-    tok = loop.carry("tok", o.op("Expand", [i64(o, p.start), o.op("Mul", [n, k1])]), INT)
-    states = {
-        st.input: loop.carry(
-            f"state:{st.input}",
-            o.op("Gather", [ctx[st.init_from], rep], axis=st.batch_axis)
-            if st.init_from
-            else zeros_state(o, st, o.op("Mul", [n, k1])),
-            elem_type(st.dtype),
-        )
-        for st in d.states
-    }
-    context = {
-        k: loop.carry(f"ctx:{k}", o.op("Gather", [ctx[k], rep], axis=p.axes[k]), context_type(p, k))
-        for k in p.step_context
-    }
-    first = o.op("Equal", [o.op("Range", [i64(o, 0), "beam_size", i64(o, 1)]), i64(o, 0)])
+    K = s["beam"]
+    k1 = o.op("Reshape", [K, i64(o, [1])])
+    first = o.op("Equal", [o.op("Range", [i64(o, 0), K, i64(o, 1)]), i64(o, 0)])
     start_scores = o.op("Where", [first, o.const(np.array(0.0, np.float32)), o.const(np.array(-1e9, np.float32))])
-    beam = loop.carry("beam", o.op("Expand", [start_scores, o.op("Concat", [n, k1], axis=0)]), FLOAT)  # (m, K)
-    hist = loop.carry("hist", filled(o, [o.op("Mul", [n, k1]), i64(o, [0])], 0, np.int64), INT)  # (mK, t)
-    sources = loop.carry("sources", o.op("Range", [i64(o, 0), o.op("Squeeze", [n]), i64(o, 1)]), INT)  # (m,)
-    # each source's finished hypotheses, in insertion order (export/generate_pool.py)
-    pool = {
-        "score": loop.carry("pool_s", filled(o, [n, k1], -np.inf, np.float64), DOUBLE),  # (n, K)
-        "length": loop.carry("pool_l", filled(o, [n, k1], 0, np.int64), INT),  # (n, K)
-        "tokens": loop.carry("pool_t", filled(o, [n, k1, i64(o, [0])], 0, np.int64), INT),  # (n, K, t)
-        "count": loop.carry("pool_c", filled(o, [n], 0, np.int64), INT),  # (n,) slots in use
+    return {
+        "beam": loop.carry("beam", o.op("Expand", [start_scores, o.op("Concat", [n, k1], axis=0)]), FLOAT),  # (m, K)
+        "beam_hist": loop.carry("beam_hist", filled(o, [o.op("Mul", [n, k1]), i64(o, [0])], 0, np.int64), INT),
+        "sources": loop.carry("sources", o.op("Range", [i64(o, 0), o.op("Squeeze", [n]), i64(o, 1)]), INT),  # (m,)
+        # each source's finished hypotheses, in insertion order (export/generate_pool.py)
+        "pool_s": loop.carry("pool_s", filled(o, [n, k1], -np.inf, np.float64), DOUBLE),  # (n, K)
+        "pool_l": loop.carry("pool_l", filled(o, [n, k1], 0, np.int64), INT),  # (n, K)
+        "pool_t": loop.carry("pool_t", filled(o, [n, k1, i64(o, [0])], 0, np.int64), INT),  # (n, K, t)
+        "pool_c": loop.carry("pool_c", filled(o, [n], 0, np.int64), INT),  # (n,) slots in use
     }
-    # the previous row each row continues (states), and the same when sources left (context); empty: none
-    state_rows = loop.carry("rows", o.const(np.zeros(0, np.int64)), INT)
-    context_rows = loop.carry("ctx_rows", o.const(np.zeros(0, np.int64)), INT)
 
-    out, context = loop.step(tok, states, context, state_rows, context_rows)
-    forced, _, forced_row, bias = loop.forced()
-    K, it = "beam_size", loop.it
+
+def beam_select(
+    b: Nodes, p: Parts, s: dict[str, str], loop: Loop, c: dict[str, str], logprobs: str, forcing: tuple
+) -> dict[str, str]:
+    """One step of beam search in `b` (a branch of the loop body), from `logprobs` (mK, V): log_softmax of
+    the logits; `forcing` is Loop.forced(). Returns the new carried values (beam search's own, tok, rows,
+    ctx_rows) and `going`."""
+    V = p.vocab
+    i64 = lambda b, x: b.const(x, np.int64)  # noqa: E731
+    forced, _, forced_row, bias = forcing
+    hist, sources = c["beam_hist"], c["sources"]
+    pool = {"score": c["pool_s"], "length": c["pool_l"], "tokens": c["pool_t"], "count": c["pool_c"]}
+    K, it = s["beam"], loop.it
     K2 = b.op("Mul", [K, i64(b, 2)])
     kk = b.op("Reshape", [K, i64(b, [1])])
     m = first_dim(b, sources)
-    logprobs = b.op("LogSoftmax", [out[d.logits_output]], axis=-1)  # (mK, V)
     # bans and the minimum length act on log-probabilities (HF's order); a forced token scores 0
-    then_b, else_b = Nodes("beam/forced/", p.opset), Nodes("beam/free/", p.opset)
+    then_b, else_b = Nodes(f"{b.prefix}forced/", p.opset), Nodes(f"{b.prefix}free/", p.opset)
     forced_all = then_b.identity(then_b.op("Expand", [forced_row, then_b.op("Shape", [logprobs])]), "beam.forced.out")
     free = else_b.identity(else_b.op("Add", [logprobs, bias]), "beam.free.out")
     scored = b.op(
@@ -89,7 +64,7 @@ def beam_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> lis
         then_branch=helper.make_graph(then_b.nodes, "beam_forced", [], [value(forced_all, FLOAT)]),
         else_branch=helper.make_graph(else_b.nodes, "beam_free", [], [value(free, FLOAT)]),
     )
-    total = b.op("Add", [scored, b.op("Reshape", [beam, i64(b, [-1, 1])])])
+    total = b.op("Add", [scored, b.op("Reshape", [c["beam"], i64(b, [-1, 1])])])
     flat = b.op("Reshape", [total, b.op("Concat", [m, b.op("Mul", [kk, i64(b, [V])])], axis=0)])  # (m, K * V)
     best, top = b.op("TopK", [flat, b.op("Reshape", [K2, i64(b, [1])])], 2, axis=-1, largest=1, sorted=1)
     token = b.op("Mod", [top, i64(b, V)])
@@ -125,11 +100,11 @@ def beam_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> lis
     n_all = first_dim(b, pool["count"])
     grown = b.op("Concat", [pool["tokens"], filled(b, [n_all, kk, i64(b, [1])], p.pad, np.int64)], axis=2)
     # the running beams: the first K candidates that do not end, in rank order
-    going = b.op("Not", [ends])
+    runs_on = b.op("Not", [ends])
     rank = b.op("Cast", [b.op("Range", [i64(b, 0), K2, i64(b, 1)])], to=FLOAT)
     later = b.op("Add", [rank, b.op("Cast", [K2], to=FLOAT)])
-    _, run = b.op("TopK", [b.op("Where", [going, rank, later]), kk], 2, axis=1, largest=0, sorted=1)  # (m, K)
-    enough = b.op("GreaterOrEqual", [b.reduce("ReduceSum", b.op("Cast", [going], to=INT), [1]), K])  # (m,)
+    _, run = b.op("TopK", [b.op("Where", [runs_on, rank, later]), kk], 2, axis=1, largest=0, sorted=1)  # (m, K)
+    enough = b.op("GreaterOrEqual", [b.reduce("ReduceSum", b.op("Cast", [runs_on], to=INT), [1]), K])  # (m,)
     run_scores = b.op("GatherElements", [best, run], axis=1)  # (m, K)
     # done: at the limit, fewer than K running, or K finished and no running beam can beat the worst
     full = b.op("Equal", [kept["count"], K])
@@ -144,14 +119,13 @@ def beam_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> lis
     rows = b.op(
         "Reshape", [b.op("Gather", [b.op("GatherElements", [row, run], axis=1), stay], axis=0), i64(b, [-1])]
     )  # (m'K,): the row each new row continues
-    new = {
+    return {
+        "going": b.op("Greater", [b.op("Size", [stay]), i64(b, 0)]),
         "tok": next_tok,
-        **{f"state:{st.input}": out[st.output] for st in d.states},
-        **{f"ctx:{k}": context[k] for k in p.step_context},
         "rows": rows,
-        "ctx_rows": rows_unless(b, b.op("Equal", [b.op("Size", [rows]), b.op("Size", [tok])]), rows),
+        "ctx_rows": rows_unless(b, b.op("Equal", [b.op("Size", [rows]), b.op("Size", [loop.inside("tok")])]), rows),
         "beam": b.op("Gather", [run_scores, stay], axis=0),
-        "hist": b.op(
+        "beam_hist": b.op(
             "Concat", [b.op("Gather", [hist, rows], axis=0), b.op("Unsqueeze", [next_tok, i64(b, [1])])], axis=1
         ),
         "sources": b.op("Gather", [sources, stay], axis=0),
@@ -160,11 +134,14 @@ def beam_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> lis
         "pool_t": b.op("ScatterND", [grown, at, kept["tokens"]]),
         "pool_c": b.op("ScatterND", [pool["count"], at, kept["count"]]),
     }
-    final = loop.close(new, b.op("Greater", [b.op("Size", [stay]), i64(b, 0)]))
+
+
+def beam_outputs(o: Nodes, s: dict[str, str], final: dict[str, str]) -> list[str]:
+    """generate.onnx's three outputs from beam search's final values: each source's hypotheses, best first."""
     finished = {
         "score": final["pool_s"],
         "length": final["pool_l"],
         "tokens": final["pool_t"],
         "count": final["pool_c"],
     }
-    return list(best_first(o, "beam_size", finished))
+    return list(best_first(o, s["beam"], finished))

@@ -23,8 +23,9 @@ from edgeseq.runtime.options import DecodingOptions
 # precision -> (share of sources whose hypotheses must agree, score tolerance relative to the score). Inside a
 # Loop body ONNX Runtime fuses quantized and fp16 kernels otherwise than in the step graph alone, so their
 # numbers differ in the last bits and near-tied beams may part: there only each source's best hypothesis is
-# compared, and most must agree. fp32 agrees to the last hypothesis.
-TOLERANCE = {"fp32": (1.0, 1e-5), "int8": (0.75, 1e-3), "fp16": (0.75, 1e-2)}
+# compared, and most must agree. fp32 agrees to the last hypothesis, its scores to 1e-4 of their size (the
+# step's GEMMs inside a Loop body sum in another order: 3.4e-5 seen on a small Marian, tokens all identical).
+TOLERANCE = {"fp32": (1.0, 1e-4), "int8": (0.75, 1e-3), "fp16": (0.75, 1e-2)}
 BEAM, BEAM_SOURCES = 4, 8
 
 

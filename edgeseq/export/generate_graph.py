@@ -36,9 +36,21 @@ from onnx import helper
 
 from edgeseq.bundle import GraphSpec, Manifest, TensorSpec
 from edgeseq.errors import BundleError
-from edgeseq.export.compose import Initializers, Nodes, elem_type, lift_initializers, opset_imports
-from edgeseq.export.generate_beam import beam_loop
-from edgeseq.export.generate_loops import Parts, greedy_loop, shared_values
+from edgeseq.export.compose import Initializers, Nodes, elem_type, lift_initializers, opset_imports, value
+from edgeseq.export.generate_beam import beam_carry, beam_outputs, beam_select
+from edgeseq.export.generate_loops import (
+    BOOL,
+    INT,
+    Loop,
+    Parts,
+    context_type,
+    first_dim,
+    greedy_carry,
+    greedy_outputs,
+    greedy_select,
+    shared_values,
+    zeros_state,
+)
 
 FILE, GRAPH = "generate.onnx", "generate"
 SOURCE = ("src_ids", "src_mask")
@@ -46,7 +58,12 @@ SOURCE = ("src_ids", "src_mask")
 
 def input_specs(m: Manifest) -> tuple[TensorSpec, ...]:
     enc = m.graphs["encoder"]
-    src = tuple(enc.input(n) for n in SOURCE)
+    ids = enc.input("src_ids")
+    # a model that takes no padding mask (manifest masked_padding false) still gets the input, unread: every
+    # bundle's generate.onnx has the same inputs
+    taken = {t.name for t in enc.inputs}
+    mask = enc.input("src_mask") if "src_mask" in taken else TensorSpec("src_mask", "int64", ids.shape)
+    src = (ids, mask)
     return (
         *src,
         TensorSpec("max_new_tokens", "int64", ()),
@@ -87,7 +104,10 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     models = {k: onnx.load(str(folder / g.file), load_external_data=False) for k, g in m.loop_graphs.items()}
     # (14 at least: Reshape's allowzero, for tensors of zero tokens at the first step)
     opset = max(14, *(o.version for o in models["decoder_step"].opset_import if o.domain in ("", "ai.onnx")))
-    store = Initializers()
+    # the step's weights are initializers of the Loop body, not of the main graph: ONNX Runtime then drops
+    # (unmaps) each one that it repacked for the GEMM kernels; read from the outer scope, it would keep both
+    # the repacked copy and the mapped original resident (+190 MB for a Marian base, greedy)
+    store, step_store = Initializers(), Initializers()
     main = Nodes("main/", opset)
     context = [
         (name, models[name].graph, lift_initializers(models[name].graph, f"{name}/", store))
@@ -102,7 +122,8 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     parts = Parts(
         m,
         step,
-        lift_initializers(step, "decoder_step/", store),
+        lift_initializers(step, "decoder_step/", step_store),
+        step_store,
         tuple(context),
         (*SOURCE, *(t.name for name, _, _ in context for t in m.graphs[name].outputs)),
         axes,
@@ -114,16 +135,9 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     )
     _check_step_inputs(parts)
     shared = shared_values(main, parts)
-    # Both loops sit in the main graph, the one not asked for running 0 iterations: ONNX Runtime prepacks a
-    # weight for a node in a Loop body, but not in a Loop inside an If (10-30x slower steps), and a value
-    # read from inside a subgraph must not be a Dequantize output (static int8: QDQ propagation fails).
     is_beam = main.op("Greater", ["beam_size", main.const(1, np.int64)])
-    none = main.const(0, np.int64)
-    shared["greedy_trips"] = main.op("Where", [is_beam, none, shared["limit"]])
-    shared["beam_trips"] = main.op("Where", [is_beam, shared["limit"], none])
-    context = parts.encode(main)
-    greedy = greedy_loop(parts, shared, main, context)
-    beam = beam_loop(parts, shared, main, context)
+    shared["beam"] = main.op("Max", ["beam_size", main.const(1, np.int64)])  # beams per source (1: greedy)
+    greedy, beam = decode(parts, shared, main, parts.encode(main), is_beam)
     main.op(
         "If",
         [is_beam],
@@ -146,6 +160,70 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=False)
     return GraphSpec(FILE, inputs, OUTPUTS)
+
+
+def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: str) -> tuple[list, list]:
+    """The decoding Loop in the main graph `o`: the decoder step, then the next tokens chosen by greedy
+    decoding or beam search (the two branches of an If). Returns each strategy's three outputs.
+
+    One Loop with the step in its body, not one Loop per strategy: ONNX Runtime repacks a weight once for
+    each node that reads it, so two loops hold the decoder's repacked weights twice (+227 MB for a Marian
+    base), and it does not repack weights for a node in a Loop inside an If (10-30x slower steps). Every
+    value read from inside a subgraph is a body input or computed in the body from the logits (never the
+    step's own outputs): ONNX Runtime's QDQ propagation fails on a Dequantize output read from a subgraph.
+    """
+    d = p.manifest.decoder
+    i64 = lambda x: o.const(x, np.int64)  # noqa: E731
+    n = first_dim(o, "src_ids")
+    K = s["beam"]
+    rows = o.op("Mul", [n, o.op("Reshape", [K, i64([1])])])
+    rep = o.op("Div", [o.op("Range", [i64(0), o.op("Squeeze", [rows]), i64(1)]), K])  # each row's source
+    loop = Loop("decode", o, p, s, s["limit"])
+    tok = loop.carry("tok", o.op("Expand", [i64(p.start), rows]), INT)
+    states = {
+        st.input: loop.carry(
+            f"state:{st.input}",
+            o.op("Gather", [ctx[st.init_from], rep], axis=st.batch_axis) if st.init_from else zeros_state(o, st, rows),
+            elem_type(st.dtype),
+        )
+        for st in d.states
+    }
+    context = {
+        k: loop.carry(f"ctx:{k}", o.op("Gather", [ctx[k], rep], axis=p.axes[k]), context_type(p, k))
+        for k in p.step_context
+    }
+    # the previous row each row continues (states), and the same when sources left (context); empty: none
+    state_rows = loop.carry("rows", o.const(np.zeros(0, np.int64)), INT)
+    context_rows = loop.carry("ctx_rows", o.const(np.zeros(0, np.int64)), INT)
+    own = {"greedy": greedy_carry(loop, o, n), "beam": beam_carry(loop, o, s, n)}
+
+    out, context = loop.step(tok, states, context, state_rows, context_rows)
+    forcing = loop.forced()
+    logits, b = out[d.logits_output], loop.b
+    nodes = {name: Nodes(f"decode/{name}/", p.opset) for name in ("greedy", "beam")}
+    chosen = {
+        "greedy": greedy_select(nodes["greedy"], p, own["greedy"], b.op("Add", [logits, forcing[3]]), forcing),
+        "beam": beam_select(nodes["beam"], p, s, loop, own["beam"], b.op("LogSoftmax", [logits], axis=-1), forcing),
+    }
+    keys = ["going", "tok", "rows", "ctx_rows", *own["greedy"], *own["beam"]]
+    types = {"going": BOOL, **loop.types}
+    branches = {}
+    for name, new in chosen.items():  # each branch passes the other strategy's values through
+        nb = nodes[name]
+        outs = [nb.identity(new.get(k) or loop.inside(k), nb.name(f"{name}.{k}")) for k in keys]
+        branches[name] = helper.make_graph(
+            nb.nodes, f"choose_{name}", [], [value(x, types[k]) for x, k in zip(outs, keys)]
+        )
+    picked = dict(
+        zip(keys, b.op("If", [is_beam], len(keys), then_branch=branches["beam"], else_branch=branches["greedy"]))
+    )
+    new = {
+        **{f"state:{st.input}": out[st.output] for st in d.states},
+        **{f"ctx:{k}": context[k] for k in p.step_context},
+        **{k: v for k, v in picked.items() if k != "going"},
+    }
+    final = loop.close(new, picked["going"])
+    return greedy_outputs(o, final), beam_outputs(o, s, final)
 
 
 def _check_step_inputs(p: Parts) -> None:

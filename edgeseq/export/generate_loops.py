@@ -1,6 +1,7 @@
-"""The two loops of generate.onnx: greedy decoding and beam search, as ONNX `Loop` nodes over the step.
+"""generate.onnx's decoding loop: one ONNX `Loop` over the decoder step, greedy decoding and beam search
+choosing the next tokens in the two branches of an `If` inside its body (generate_graph.decode).
 
-Each mirrors its Python strategy (runtime/search.py) step by step, batch composition included: rows that
+Each strategy mirrors its Python strategy (runtime/search.py) step by step, batch composition included: rows that
 finish (greedy: </s>) and sources that are done (beam search) leave the batch at the same step as in the
 Python loop, the others keep their order. So every step runs on exactly the rows the Python loop runs it on,
 which matters beyond speed: a dynamically quantized (int8) graph quantizes each activation tensor with one
@@ -19,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseq.bundle import Manifest
-from edgeseq.export.compose import Nodes, elem_type, import_graph, scalar, value
+from edgeseq.export.compose import Initializers, Nodes, elem_type, import_graph, scalar, value
 
 INT, FLOAT, DOUBLE, BOOL = TensorProto.INT64, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BOOL
 
@@ -31,6 +32,7 @@ class Parts:
     manifest: Manifest
     step: onnx.GraphProto
     step_inits: dict[str, str]
+    step_store: Initializers  # the step's weights: the decoding Loop body's initializers
     context_graphs: tuple[tuple[str, onnx.GraphProto, dict[str, str]], ...]  # encoder, attention; lifted inits
     context_names: tuple[str, ...]  # the source and the encoder/attention outputs
     axes: dict[str, int]  # batch axis of each context value
@@ -60,8 +62,8 @@ class Parts:
 def shared_values(g: Nodes, p: Parts) -> dict[str, str]:
     """Values both loops read, computed once: the (V,) biases and forced rows, the length limit."""
     V, eos = p.vocab, p.eos
-    zeros = g.const(np.zeros(V, np.float32))
-    ninf = g.const(np.full(V, -np.inf, np.float32))
+    zeros = filled(g, [g.const([V], np.int64)], 0.0, np.float32)  # (V,), made at run time: no V floats on disk
+    ninf = filled(g, [g.const([V], np.int64)], -np.inf, np.float32)
     banned = g.op("Expand", [g.const(np.array(-np.inf, np.float32)), g.op("Shape", ["banned_ids"])])
     ban = g.op("ScatterElements", [zeros, "banned_ids", banned], axis=0)
     eos_at = g.const(np.array([eos], np.int64))
@@ -97,6 +99,10 @@ class Loop:
     def carry(self, key: str, initial: str, elem: int) -> str:
         """A value carried from one iteration to the next; returns its name inside the body."""
         self.initial[key], self.types[key] = initial, elem
+        return self.inside(key)
+
+    def inside(self, key: str) -> str:
+        """The name of a carried value inside the body (its value at the start of the iteration)."""
         return f"{self.name}.in.{key}"
 
     def step(
@@ -152,6 +158,7 @@ class Loop:
                 *(value(f"{self.name}.in.{k}", self.types[k]) for k in keys),
             ],
             [scalar(outs[0], BOOL), *(value(o, self.types[k]) for o, k in zip(outs[1:], keys))],
+            initializer=self.p.step_store.tensors,
         )
         o = self.outer
         final = o.op("Loop", [self.trips, o.const(True, np.bool_), *self.initial.values()], len(keys), body=body)
@@ -212,34 +219,27 @@ def first_dim(b: Nodes, x: str) -> str:
     return b.op("Slice", [b.op("Shape", [x]), b.const([0], np.int64), b.const([1], np.int64)])
 
 
-def greedy_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> list[str]:
-    """Greedy decoding (runtime TokenByToken): a row that chooses </s> leaves the batch. Its nodes go into the
-    main graph `o`; it runs `s["greedy_trips"]` iterations at most (0 when beam search runs instead).
-    Returns generate.onnx's three outputs for it."""
-    d = p.manifest.decoder
-    n = first_dim(o, "src_ids")
-    loop = Loop("greedy", o, p, s, s["greedy_trips"])
-    b = loop.b
-    tok = loop.carry("tok", o.op("Expand", [o.const(p.start, np.int64), n]), INT)
-    states = {
-        st.input: loop.carry(
-            f"state:{st.input}",
-            ctx[st.init_from] if st.init_from else zeros_state(o, st, n),
-            elem_type(st.dtype),
-        )
-        for st in d.states
+def greedy_carry(loop: Loop, o: Nodes, n: str) -> dict[str, str]:
+    """Greedy decoding's own carried values (beside the tokens, states and rows every strategy carries)."""
+    return {
+        "alive": loop.carry(
+            "alive", o.op("Range", [o.const(0, np.int64), o.op("Squeeze", [n]), o.const(1, np.int64)]), INT
+        ),
+        "hist": loop.carry("hist", filled(o, [n, o.const([0], np.int64)], 0, np.int64), INT),  # (n, t) tokens so far
+        "score": loop.carry("score", filled(o, [n], 0.0, np.float64), DOUBLE),
+        "length": loop.carry("length", filled(o, [n], 0, np.int64), INT),
     }
-    context = {k: loop.carry(f"ctx:{k}", ctx[k], context_type(p, k)) for k in p.step_context}
-    alive = loop.carry("alive", o.op("Range", [o.const(0, np.int64), o.op("Squeeze", [n]), o.const(1, np.int64)]), INT)
-    hist = loop.carry("hist", filled(o, [n, o.const([0], np.int64)], 0, np.int64), INT)  # (n, t) tokens so far
-    score = loop.carry("score", filled(o, [n], 0.0, np.float64), DOUBLE)
-    length = loop.carry("length", filled(o, [n], 0, np.int64), INT)
-    rows = loop.carry("rows", o.const(np.zeros(0, np.int64)), INT)  # the rows that went on, if some ended
 
-    out, context = loop.step(tok, states, context, rows, rows)
-    forced, eos_now, _, bias = loop.forced()
+
+def greedy_select(b: Nodes, p: Parts, c: dict[str, str], biased: str, forcing: tuple) -> dict[str, str]:
+    """One greedy step in `b` (a branch of the loop body), from `biased` (rows, V): the logits plus the bans
+    and the minimum length (as the head's greedy branch, export/head.py); `forcing` is Loop.forced(). A row
+    that chooses </s> leaves the batch. Returns the new carried values (greedy's own, tok, rows, ctx_rows)
+    and `going`."""
+    forced, eos_now, _, _ = forcing
+    n = first_dim(b, c["hist"])
     eos_id = b.const(p.eos, np.int64)
-    biased = b.op("Add", [out[d.logits_output], bias])  # as the head's greedy branch (export/head.py)
+    alive = c["alive"]
     chosen = b.op("ArgMax", [biased], axis=-1, keepdims=0)
     top = b.reduce("ReduceMax", biased, [-1], keepdims=1)
     gain = b.op("Neg", [b.op("Log", [b.reduce("ReduceSum", b.op("Exp", [b.op("Sub", [biased, top])]), [-1])])])
@@ -257,24 +257,27 @@ def greedy_loop(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str]) -> l
     column = at_rows(pad, b.op("Where", [emit, chosen, pad]))
     gains = at_rows(b.const(np.array(0.0)), b.op("Cast", [gain], to=DOUBLE))
     kept = b.op("Reshape", [b.op("NonZero", [emit]), b.const([-1], np.int64)])  # rows that go on, in order
-    new = {
+    rows = rows_unless(b, b.op("Equal", [b.op("Size", [kept]), b.op("Size", [chosen])]), kept)
+    return {
+        "going": b.op("Greater", [b.op("Size", [kept]), b.const(0, np.int64)]),
         "tok": b.op("Gather", [chosen, kept], axis=0),
-        **{f"state:{st.input}": out[st.output] for st in d.states},
-        **{f"ctx:{k}": context[k] for k in p.step_context},
-        "rows": rows_unless(b, b.op("Equal", [b.op("Size", [kept]), b.op("Size", [chosen])]), kept),
+        "rows": rows,
+        "ctx_rows": rows,
         "alive": b.op("Gather", [alive, kept], axis=0),
-        "hist": b.op("Concat", [hist, b.op("Unsqueeze", [column, b.const([1], np.int64)])], axis=1),
-        "score": b.op("Add", [score, gains]),  # a Python float sum, in float64, as the loop's
-        "length": b.op("Add", [length, at_rows(b.const(0, np.int64), b.op("Cast", [emit], to=INT))]),
+        "hist": b.op("Concat", [c["hist"], b.op("Unsqueeze", [column, b.const([1], np.int64)])], axis=1),
+        "score": b.op("Add", [c["score"], gains]),  # a Python float sum, in float64, as the loop's
+        "length": b.op("Add", [c["length"], at_rows(b.const(0, np.int64), b.op("Cast", [emit], to=INT))]),
     }
-    final = loop.close(new, b.op("Greater", [b.op("Size", [kept]), b.const(0, np.int64)]))
+
+
+def greedy_outputs(o: Nodes, final: dict[str, str]) -> list[str]:
+    """generate.onnx's three outputs from greedy decoding's final values: one hypothesis per source."""
     one = o.const([1], np.int64)
-    outs = [
+    return [
         o.op("Unsqueeze", [final["hist"], one]),
         o.op("Unsqueeze", [final["length"], one]),
         o.op("Unsqueeze", [o.op("Cast", [final["score"]], to=FLOAT), one]),
     ]
-    return outs
 
 
 def context_type(p: Parts, name: str) -> int:

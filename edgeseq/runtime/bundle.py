@@ -34,6 +34,13 @@ class Bundle:
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name].file
 
+    def weights_bytes(self) -> int:
+        """The size of the model: its graph files and the files their weights lie in (weights.bin)."""
+        files = {g.file for g in self.manifest.loop_graphs.values()} | {
+            f for f in self.manifest.files if f.endswith(".bin")
+        }
+        return sum((self.path / f).stat().st_size for f in files if (self.path / f).is_file())
+
     def encode(self, text: str) -> list[int]:
         """Source text -> the encoder's input ids, framed as the model was trained (prefix + pieces + suffix)."""
         if not isinstance(text, str) or not text.strip():

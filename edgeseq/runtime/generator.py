@@ -199,6 +199,14 @@ class StreamedToken:
 
 
 ENGINES = ("auto", "loop", "graph")
+# engine "auto" decodes with generate.onnx where it was measured faster than the loop (benchmarks/latency.py,
+# 2 threads): greedy decoding of at most AUTO_GRAPH_SOURCES sources by a model of at most AUTO_GRAPH_WEIGHTS
+# bytes (demo LSTM, one source: 1.05 ms against 1.27), whose steps are short enough for the Python between
+# them to count. Elsewhere the loop is as fast or faster (beam search: 1.5x faster on the demo LSTM; 16
+# sources or a 30 MB Marian: the same or better) and needs less memory: ONNX Runtime keeps both the repacked
+# weights of a Loop body and their mapped originals (a Marian base: +190 MB).
+AUTO_GRAPH_WEIGHTS = 8 << 20
+AUTO_GRAPH_SOURCES = 8
 
 
 class Generator:
@@ -207,9 +215,10 @@ class Generator:
     `engine`: "loop" runs the Python generation loop over the bundle's encoder, attention and decoder-step
     graphs (every decoding option, streaming, CUDA with IOBinding); "graph" runs the bundle's generate.onnx,
     the whole loop in one ONNX Runtime call (greedy and beam search; runtime/graph_engine.py): the same
-    tokens, without Python between steps, several times faster for small models. "auto" (the default) uses
-    the graph on the CPU for what it does, and the loop for the rest (sampling, penalties, alignments,
-    streaming, other providers, bundles without generate.onnx); the loop's sessions load when first needed.
+    tokens, without Python between steps: faster for small models and a few sources at a time. "auto" (the
+    default) uses the graph on the CPU where it is faster (greedy decoding of a few sources by a small model:
+    AUTO_GRAPH_WEIGHTS, AUTO_GRAPH_SOURCES) and the loop for the rest; each engine's sessions load when
+    first needed.
     """
 
     def __init__(
@@ -228,16 +237,31 @@ class Generator:
         self.engine = engine
         self._loop_args = (provider, threads, io_binding, use_head)
         self._backend: OrtBackend | None = None
-        graph = engine == "graph" or (
-            engine == "auto" and provider == "cpu" and not io_binding and "generate" in self.bundle.manifest.graphs
+        self._graph: GraphEngine | None = None
+        self._graph_args = (provider, threads)
+        self.auto_graph = (
+            engine == "auto"
+            and provider == "cpu"
+            and not io_binding
+            and "generate" in self.bundle.manifest.graphs
+            and self.bundle.weights_bytes() <= AUTO_GRAPH_WEIGHTS
         )
-        self.graph = GraphEngine(self.bundle, provider, threads) if graph else None
-        if self.graph is None:
+        if engine == "graph":
+            self._graph = GraphEngine(self.bundle, provider, threads)
+        else:
             self._backend = OrtBackend(self.bundle, *self._loop_args)
-        else:  # the loop's graphs load later, if ever: their declared I/O is checked now all the same
-            for name in self.bundle.manifest.loop_graphs:
+        # the graphs not loaded yet may load later: their declared I/O is checked now all the same
+        for name in self.bundle.manifest.graphs:
+            if (name == "generate") != (engine == "graph"):
                 check_file_io(self.bundle, name)
         self.options = options or self.default_options()
+
+    @property
+    def graph(self) -> GraphEngine | None:
+        """generate.onnx's engine, if this Generator may decode with it (loaded the first time it is needed)."""
+        if self._graph is None and self.auto_graph:
+            self._graph = GraphEngine(self.bundle, *self._graph_args)
+        return self._graph
 
     @property
     def backend(self) -> OrtBackend:
@@ -251,11 +275,14 @@ class Generator:
     @property
     def note(self) -> str | None:
         """A provider fallback that 'auto' made, for the user to see."""
-        return (self.graph or self.backend).note
+        return (self._graph or self.backend).note
 
-    def _graph_for(self, options: DecodingOptions) -> GraphEngine | None:
-        """The generate graph, if it is to decode with `options` (engine 'graph', or 'auto' and it can)."""
-        if self.graph is None or (self.engine == "auto" and graph_problems(options)):
+    def _graph_for(self, options: DecodingOptions, sources: int) -> GraphEngine | None:
+        """The generate graph, if it is to decode `sources` sources with `options` (engine 'graph', or 'auto'
+        where it is faster: see AUTO_GRAPH_WEIGHTS)."""
+        if self.engine == "graph":
+            return self._graph
+        if not self.auto_graph or options.beam_size > 1 or sources > AUTO_GRAPH_SOURCES or graph_problems(options):
             return None
         return self.graph
 
@@ -301,7 +328,7 @@ class Generator:
         `<bos> ... <eos>` or `... </s>` as the bundle's source_framing says), ids in 0..source_vocab_size-1.
         """
         options = self._check(sources, options or self.options)
-        graph = self._graph_for(options)
+        graph = self._graph_for(options, len(sources))
         if graph is not None:
             return graph.decode(sources, options, self._banned())
         return decode(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
