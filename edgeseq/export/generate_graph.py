@@ -104,10 +104,10 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     models = {k: onnx.load(str(folder / g.file), load_external_data=False) for k, g in m.loop_graphs.items()}
     # (14 at least: Reshape's allowzero, for tensors of zero tokens at the first step)
     opset = max(14, *(o.version for o in models["decoder_step"].opset_import if o.domain in ("", "ai.onnx")))
-    # the step's weights are initializers of the Loop body, not of the main graph: ONNX Runtime then drops
-    # (unmaps) each one that it repacked for the GEMM kernels; read from the outer scope, it would keep both
-    # the repacked copy and the mapped original resident (+190 MB for a Marian base, greedy)
-    store, step_store = Initializers(), Initializers()
+    # every weight an initializer of the main graph, read by the Loop body from the outer scope (as
+    # initializers of the body, onnxruntime-web cannot resolve their external data, and ONNX Runtime's memory
+    # is no lower)
+    store = Initializers()
     main = Nodes("main/", opset)
     context = [
         (name, models[name].graph, lift_initializers(models[name].graph, f"{name}/", store))
@@ -122,8 +122,7 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     parts = Parts(
         m,
         step,
-        lift_initializers(step, "decoder_step/", step_store),
-        step_store,
+        lift_initializers(step, "decoder_step/", store),
         tuple(context),
         (*SOURCE, *(t.name for name, _, _ in context for t in m.graphs[name].outputs)),
         axes,

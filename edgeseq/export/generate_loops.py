@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseq.bundle import Manifest
-from edgeseq.export.compose import Initializers, Nodes, elem_type, import_graph, scalar, value
+from edgeseq.export.compose import Nodes, elem_type, import_graph, scalar, value
 
 INT, FLOAT, DOUBLE, BOOL = TensorProto.INT64, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BOOL
 
@@ -32,7 +32,6 @@ class Parts:
     manifest: Manifest
     step: onnx.GraphProto
     step_inits: dict[str, str]
-    step_store: Initializers  # the step's weights: the decoding Loop body's initializers
     context_graphs: tuple[tuple[str, onnx.GraphProto, dict[str, str]], ...]  # encoder, attention; lifted inits
     context_names: tuple[str, ...]  # the source and the encoder/attention outputs
     axes: dict[str, int]  # batch axis of each context value
@@ -158,7 +157,6 @@ class Loop:
                 *(value(f"{self.name}.in.{k}", self.types[k]) for k in keys),
             ],
             [scalar(outs[0], BOOL), *(value(o, self.types[k]) for o, k in zip(outs[1:], keys))],
-            initializer=self.p.step_store.tensors,
         )
         o = self.outer
         final = o.op("Loop", [self.trips, o.const(True, np.bool_), *self.initial.values()], len(keys), body=body)
