@@ -75,7 +75,11 @@ def measure(work: Path, name: str, threads: int, runs: int = 2000) -> dict:
     from edgeseq.runtime import DecodingOptions, Generator
 
     folder, text, tokens = MODELS[name]
-    gen = Generator(work / folder, threads=threads)
+    import inspect
+
+    # the Python loop (the graph engine is measured below); an older checkout has no engines
+    loop = {"engine": "loop"} if "engine" in inspect.signature(Generator).parameters else {}
+    gen = Generator(work / folder, threads=threads, **loop)
     ids = gen.encode(text)
     full, one = DecodingOptions(max_new_tokens=tokens, min_new_tokens=tokens), DecodingOptions(max_new_tokens=1)
     calls: dict[str, list[dict]] = {graph: [] for graph in gen.backend.sessions}
