@@ -12,10 +12,9 @@ beat its worst; then its rows leave the batch.
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
-from edgeseq.export.compose import Nodes, value
-from edgeseq.export.generate_loops import DOUBLE, FLOAT, INT, Loop, Parts, filled, first_dim, rows_unless
+from edgeseq.export.compose import Nodes
+from edgeseq.export.generate_loops import DOUBLE, FLOAT, INT, Loop, Parts, filled, first_dim
 from edgeseq.export.generate_pool import best_first, offer
 
 
@@ -40,14 +39,13 @@ def beam_carry(loop: Loop, o: Nodes, s: dict[str, str], n: str) -> dict[str, str
 
 
 def beam_select(
-    b: Nodes, p: Parts, s: dict[str, str], loop: Loop, c: dict[str, str], logprobs: str, forcing: tuple
+    b: Nodes, p: Parts, s: dict[str, str], loop: Loop, c: dict[str, str], logprobs: str, forcing: dict[str, str]
 ) -> dict[str, str]:
     """One step of beam search in `b` (a branch of the loop body), from `logprobs` (mK, V): log_softmax of
-    the logits; `forcing` is Loop.forced(). Returns the new carried values (beam search's own, tok, rows,
-    ctx_rows) and `going`."""
+    the logits; `forcing` is Loop.forced(). Returns the new carried values (beam search's own, tok, rows)
+    and `going`."""
     V = p.vocab
     i64 = lambda b, x: b.const(x, np.int64)  # noqa: E731
-    forced, _, forced_row, bias = forcing
     hist, sources = c["beam_hist"], c["sources"]
     pool = {"score": c["pool_s"], "length": c["pool_l"], "tokens": c["pool_t"], "count": c["pool_c"]}
     K, it = s["beam"], loop.it
@@ -55,15 +53,8 @@ def beam_select(
     kk = b.op("Reshape", [K, i64(b, [1])])
     m = first_dim(b, sources)
     # bans and the minimum length act on log-probabilities (HF's order); a forced token scores 0
-    then_b, else_b = Nodes(f"{b.prefix}forced/", p.opset), Nodes(f"{b.prefix}free/", p.opset)
-    forced_all = then_b.identity(then_b.op("Expand", [forced_row, then_b.op("Shape", [logprobs])]), "beam.forced.out")
-    free = else_b.identity(else_b.op("Add", [logprobs, bias]), "beam.free.out")
-    scored = b.op(
-        "If",
-        [forced],
-        then_branch=helper.make_graph(then_b.nodes, "beam_forced", [], [value(forced_all, FLOAT)]),
-        else_branch=helper.make_graph(else_b.nodes, "beam_free", [], [value(free, FLOAT)]),
-    )
+    row = forcing["row"]
+    scored = b.op("Where", [forcing["forced"], row, b.op("Add", [logprobs, row])])
     total = b.op("Add", [scored, b.op("Reshape", [c["beam"], i64(b, [-1, 1])])])
     flat = b.op("Reshape", [total, b.op("Concat", [m, b.op("Mul", [kk, i64(b, [V])])], axis=0)])  # (m, K * V)
     best, top = b.op("TopK", [flat, b.op("Reshape", [K2, i64(b, [1])])], 2, axis=-1, largest=1, sorted=1)
@@ -123,7 +114,6 @@ def beam_select(
         "going": b.op("Greater", [b.op("Size", [stay]), i64(b, 0)]),
         "tok": next_tok,
         "rows": rows,
-        "ctx_rows": rows_unless(b, b.op("Equal", [b.op("Size", [rows]), b.op("Size", [loop.inside("tok")])]), rows),
         "beam": b.op("Gather", [run_scores, stay], axis=0),
         "beam_hist": b.op(
             "Concat", [b.op("Gather", [hist, rows], axis=0), b.op("Unsqueeze", [next_tok, i64(b, [1])])], axis=1

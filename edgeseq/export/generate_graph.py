@@ -46,6 +46,7 @@ from edgeseq.export.generate_loops import (
     context_type,
     first_dim,
     greedy_carry,
+    greedy_fixed,
     greedy_outputs,
     greedy_select,
     shared_values,
@@ -136,13 +137,13 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     shared = shared_values(main, parts)
     is_beam = main.op("Greater", ["beam_size", main.const(1, np.int64)])
     shared["beam"] = main.op("Max", ["beam_size", main.const(1, np.int64)])  # beams per source (1: greedy)
-    greedy, beam = decode(parts, shared, main, parts.encode(main), is_beam)
+    final = decode(parts, shared, main, parts.encode(main), is_beam)
     main.op(
         "If",
         [is_beam],
         [t.name for t in OUTPUTS],
-        then_branch=_pick(main, "beam", beam),
-        else_branch=_pick(main, "greedy", greedy),
+        then_branch=_pick(main, "beam", lambda b: beam_outputs(b, shared, final)),
+        else_branch=_pick(main, "greedy", lambda b: greedy_outputs(b, final)),
     )
     inputs = input_specs(m)
     graph = helper.make_graph(
@@ -161,9 +162,9 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     return GraphSpec(FILE, inputs, OUTPUTS)
 
 
-def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: str) -> tuple[list, list]:
+def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: str) -> dict[str, str]:
     """The decoding Loop in the main graph `o`: the decoder step, then the next tokens chosen by greedy
-    decoding or beam search (the two branches of an If). Returns each strategy's three outputs.
+    decoding or beam search (the two branches of an If). Returns the carried values after the loop.
 
     One Loop with the step in its body, not one Loop per strategy: ONNX Runtime repacks a weight once for
     each node that reads it, so two loops hold the decoder's repacked weights twice (+227 MB for a Marian
@@ -187,29 +188,32 @@ def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: 
         )
         for st in d.states
     }
-    context = {
-        k: loop.carry(f"ctx:{k}", o.op("Gather", [ctx[k], rep], axis=p.axes[k]), context_type(p, k))
-        for k in p.step_context
-    }
-    # the previous row each row continues (states), and the same when sources left (context); empty: none
-    state_rows = loop.carry("rows", o.const(np.zeros(0, np.int64)), INT)
-    context_rows = loop.carry("ctx_rows", o.const(np.zeros(0, np.int64)), INT)
+    # the context one row per source, carried unchanged (free: the body passes it on); per step the rows
+    # of the previous step each row continues (states) and each row's source (context)
+    context = {k: loop.carry(f"ctx:{k}", ctx[k], context_type(p, k)) for k in p.step_context}
+    state_rows = loop.carry("rows", o.op("Range", [i64(0), o.op("Squeeze", [rows]), i64(1)]), INT)
+    sources = loop.carry("src", rep, INT)
     own = {"greedy": greedy_carry(loop, o, n), "beam": beam_carry(loop, o, s, n)}
+    fixed = greedy_fixed(o, p, n)
 
-    out, context = loop.step(tok, states, context, state_rows, context_rows)
+    out = loop.step(tok, states, context, state_rows, sources)
     forcing = loop.forced()
     logits, b = out[d.logits_output], loop.b
     nodes = {name: Nodes(f"decode/{name}/", p.opset) for name in ("greedy", "beam")}
     chosen = {
-        "greedy": greedy_select(nodes["greedy"], p, own["greedy"], b.op("Add", [logits, forcing[3]]), forcing),
+        "greedy": greedy_select(
+            nodes["greedy"], p, own["greedy"], fixed, b.op("Add", [logits, forcing["row"]]), forcing
+        ),
         "beam": beam_select(nodes["beam"], p, s, loop, own["beam"], b.op("LogSoftmax", [logits], axis=-1), forcing),
     }
-    keys = ["going", "tok", "rows", "ctx_rows", *own["greedy"], *own["beam"]]
+    keys = ["going", "tok", "rows", *own["greedy"], *own["beam"]]
     types = {"going": BOOL, **loop.types}
     branches = {}
-    for name, new in chosen.items():  # each branch passes the other strategy's values through
+    for name, new in chosen.items():
+        # the other strategy's values are left empty, not passed on: ONNX Runtime copies a value an If
+        # passes through (~2 us a value and step for the demo model, 17 us in all)
         nb = nodes[name]
-        outs = [nb.identity(new.get(k) or loop.inside(k), nb.name(f"{name}.{k}")) for k in keys]
+        outs = [nb.identity(new.get(k) or _empty(nb, types[k]), nb.name(f"{name}.{k}")) for k in keys]
         branches[name] = helper.make_graph(
             nb.nodes, f"choose_{name}", [], [value(x, types[k]) for x, k in zip(outs, keys)]
         )
@@ -219,10 +223,10 @@ def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: 
     new = {
         **{f"state:{st.input}": out[st.output] for st in d.states},
         **{f"ctx:{k}": context[k] for k in p.step_context},
+        "src": b.op("Gather", [sources, picked["rows"]], axis=0),
         **{k: v for k, v in picked.items() if k != "going"},
     }
-    final = loop.close(new, picked["going"])
-    return greedy_outputs(o, final), beam_outputs(o, s, final)
+    return loop.close(new, picked["going"])
 
 
 def _check_step_inputs(p: Parts) -> None:
@@ -233,10 +237,16 @@ def _check_step_inputs(p: Parts) -> None:
         raise BundleError(f"generate graph: decoder_step inputs {unknown} come from neither the loop nor the context")
 
 
-def _pick(b: Nodes, name: str, outputs: list[str]) -> onnx.GraphProto:
-    """An If branch giving one loop's three outputs (tokens, lengths, scores) as generate.onnx's."""
+def _empty(b: Nodes, elem: int) -> str:
+    """A (0,) tensor of element type `elem`."""
+    return b.const(np.zeros(0, helper.tensor_dtype_to_np_dtype(elem)))
+
+
+def _pick(b: Nodes, name: str, outputs) -> onnx.GraphProto:
+    """An If branch giving one strategy's three outputs (tokens, lengths, scores) as generate.onnx's, made
+    by `outputs` (a function of the branch's Nodes) from the loop's final values."""
     picked = Nodes(f"{name}.pick/", b.opset)
-    named = [picked.identity(x, f"{name}.{o.name}") for x, o in zip(outputs, OUTPUTS)]
+    named = [picked.identity(x, f"{name}.{o.name}") for x, o in zip(outputs(picked), OUTPUTS)]
     return helper.make_graph(
         picked.nodes,
         f"pick_{name}",

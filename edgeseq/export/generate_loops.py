@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeseq.bundle import Manifest
 from edgeseq.export.compose import Nodes, elem_type, import_graph, scalar, value
+from edgeseq.export.reorder import PREFIX as REORDER
 
 INT, FLOAT, DOUBLE, BOOL = TensorProto.INT64, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BOOL
 
@@ -59,29 +60,38 @@ class Parts:
 
 
 def shared_values(g: Nodes, p: Parts) -> dict[str, str]:
-    """Values both loops read, computed once: the (V,) biases and forced rows, the length limit."""
+    """Values both loops read, computed once: the length limit and, per iteration, which (V,) bias row the
+    step's scores get and whether a token is forced (so the body looks them up instead of deciding)."""
     V, eos = p.vocab, p.eos
-    zeros = filled(g, [g.const([V], np.int64)], 0.0, np.float32)  # (V,), made at run time: no V floats on disk
-    ninf = filled(g, [g.const([V], np.int64)], -np.inf, np.float32)
+    i64 = lambda x: g.const(x, np.int64)  # noqa: E731
+    zeros = filled(g, [i64([V])], 0.0, np.float32)  # (V,), made at run time: no V floats on disk
+    ninf = filled(g, [i64([V])], -np.inf, np.float32)
     banned = g.op("Expand", [g.const(np.array(-np.inf, np.float32)), g.op("Shape", ["banned_ids"])])
     ban = g.op("ScatterElements", [zeros, "banned_ids", banned], axis=0)
     eos_at = g.const(np.array([eos], np.int64))
     no_eos = g.op("ScatterElements", [ban, eos_at, g.const(np.array([-np.inf], np.float32))], axis=0)
     zero1 = g.const(np.array([0.0], np.float32))
-    bos_at = g.op("Reshape", [g.op("Max", ["forced_bos_token", g.const(0, np.int64)]), g.const([1], np.int64)])
+    bos = g.op("Max", ["forced_bos_token", i64(0)])
+    eos_row = g.op("ScatterElements", [ninf, eos_at, zero1], axis=0)
+    bos_row = g.op("ScatterElements", [ninf, g.op("Reshape", [bos, i64([1])]), zero1], axis=0)
     limit = "max_new_tokens"
     if p.manifest.max_target_length:  # no more tokens than the decoder has positions
-        limit = g.op("Min", [limit, g.const(p.manifest.max_target_length, np.int64)])
+        limit = g.op("Min", [limit, i64(p.manifest.max_target_length)])
+    # per iteration: the row of `rows` its scores get (0 bans, 1 bans and </s> before min_new_tokens,
+    # 2 forced </s>, 3 forced BOS: 0 at the token, -inf elsewhere); forced </s> wins over BOS
+    its = g.op("Range", [i64(0), limit, i64(1)])
+    kind = g.op("Cast", [g.op("Less", [its, "min_new_tokens"])], to=INT)
+    bos_now = g.op("And", [g.op("GreaterOrEqual", ["forced_bos_token", i64(0)]), g.op("Equal", [its, i64(0)])])
+    eos_now = g.op("And", [g.op("Cast", ["forced_eos"], to=BOOL), g.op("Equal", [its, g.op("Sub", [limit, i64(1)])])])
+    kind = g.op("Where", [eos_now, i64(2), g.op("Where", [bos_now, i64(3), kind])])
+    rows = g.op("Concat", [g.op("Unsqueeze", [x, i64([0])]) for x in (ban, no_eos, eos_row, bos_row)], axis=0)
     return {
-        "ban": ban,
-        "no_eos": no_eos,
-        "eos_row": g.op("ScatterElements", [ninf, eos_at, zero1], axis=0),
-        "bos_row": g.op("ScatterElements", [ninf, bos_at, zero1], axis=0),
-        "has_bos": g.op("GreaterOrEqual", ["forced_bos_token", g.const(0, np.int64)]),
         "limit": limit,
-        "last_step": g.op("Sub", [limit, g.const(1, np.int64)]),
+        "kind": kind,  # (limit,) int64
+        "rows": rows,  # (4, V)
+        "forced": g.op("Or", [eos_now, bos_now]),  # (limit,)
+        "forced_token": g.op("Where", [eos_now, i64(eos), bos]),  # (limit,)
         "early_stopping": g.op("Cast", ["early_stopping"], to=BOOL),
-        "forced_eos": g.op("Cast", ["forced_eos"], to=BOOL),
     }
 
 
@@ -105,44 +115,45 @@ class Loop:
         return f"{self.name}.in.{key}"
 
     def step(
-        self, tokens: str, states: dict[str, str], context: dict[str, str], state_rows: str, context_rows: str
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """The decoder step's nodes in the body, fed by step input name; returns its outputs by name and the
-        context it read. `state_rows` / `context_rows` ((rows,) int64, empty: none): the previous rows each
-        row continues, for the states and the context, taken before the step.
+        self, tokens: str, states: dict[str, str], context: dict[str, str], rows: str, sources: str
+    ) -> dict[str, str]:
+        """The decoder step's nodes in the body, fed by step input name; returns its outputs by name.
+
+        `rows` ((rows,) int64): for each row of this step, the row of the previous step whose states it
+        continues; `sources` ((rows,) int64): each row's source, the row of `context` (the encoder and
+        attention outputs, one row per source) it reads. Both are gathered every step, without a condition:
+        in ONNX Runtime a value passed through an If branch unchanged is copied too, at the same cost as a
+        Gather, and the If and its test cost per token besides. The step graph's own reorder
+        (export/reorder.py: an If on `state_rows`) is left out for the same reason.
 
         Every value a subgraph reads here is a body input: ONNX Runtime's QDQ propagation (static int8)
         fails on a Dequantize output read from inside a subgraph. For the same reason the step's own head
         (export/head.py) is left out: the loops choose from the logits themselves.
         """
         d, p, b = self.p.manifest.decoder, self.p, self.b
-        context = take_rows(
-            b, "context", context_rows, {k: (v, p.axes[k], context_type(p, k)) for k, v in context.items()}
-        )
-        if d.reorder_input:  # the step takes its states for the new rows itself (export/reorder.py)
-            feeds = {d.reorder_input: state_rows}
-        else:
-            types = {st.input: (st.batch_axis, elem_type(st.dtype)) for st in d.states}
-            states = take_rows(b, "states", state_rows, {k: (v, *types[k]) for k, v in states.items()})
-            feeds = {}
-        feeds |= {d.tokens_input: tokens, **states, **context}
+        feeds = {k: b.op("Gather", [v, sources], axis=p.axes[k]) for k, v in context.items()}
+        step, reordered = without_reorder(p.step, d)
+        batch_axis = {st.input: st.batch_axis for st in d.states}
+        for name, value_ in states.items():
+            feeds[reordered.get(name, name)] = b.op("Gather", [value_, rows], axis=batch_axis[name])
+        feeds[d.tokens_input] = tokens
         if d.step_input:
             feeds[d.step_input] = self.it
-        wired = {i.name: feeds[i.name] for i in p.step.input if i.name in feeds}
+        inputs = {i.name for i in step.input}
+        wired = {k: v for k, v in feeds.items() if k in inputs or k in reordered.values()}
         wanted = [d.logits_output, *(st.output for st in d.states)]
-        out = import_graph(p.step, b, f"{self.name}/step/", wired, p.step_inits, outputs=wanted)
-        return out, context
+        return import_graph(step, b, f"{self.name}/step/", wired, p.step_inits, outputs=wanted)
 
-    def forced(self) -> tuple[str, str, str, str]:
-        """At this iteration: whether a token is forced (), whether it is </s> (), its (V,) row (0 at the token,
-        -inf elsewhere), and the (V,) bias of the bans and the minimum length. Forced </s> wins."""
+    def forced(self) -> dict[str, str]:
+        """At this iteration: `row`, the (V,) bias its scores get (the bans and the minimum length, or, where a
+        token is forced, 0 at that token and -inf elsewhere), whether a token is forced (`forced`, ()) and
+        which (`token`, ())."""
         b, s, it = self.b, self.s, self.it
-        eos_now = b.op("And", [s["forced_eos"], b.op("Equal", [it, s["last_step"]])])
-        bos_now = b.op("And", [s["has_bos"], b.op("Equal", [it, b.const(0, np.int64)])])
-        now = b.op("Or", [eos_now, bos_now])
-        row = b.op("Where", [eos_now, s["eos_row"], s["bos_row"]])
-        bias = b.op("Where", [b.op("Less", [it, "min_new_tokens"]), s["no_eos"], s["ban"]])
-        return now, eos_now, row, bias
+        return {
+            "row": b.op("Gather", [s["rows"], b.op("Gather", [s["kind"], it], axis=0)], axis=0),
+            "forced": b.op("Gather", [s["forced"], it], axis=0),
+            "token": b.op("Gather", [s["forced_token"], it], axis=0),
+        }
 
     def close(self, new: dict[str, str], going: str) -> dict[str, str]:
         """Add the Loop node (at most `trips` iterations, while `going`); returns the final values outside."""
@@ -176,40 +187,19 @@ def zeros_state(b: Nodes, state, rows: str) -> str:
     return b.op("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, dtype=state.dtype), "zero"))
 
 
-def rows_unless(b: Nodes, same: str, rows: str) -> str:
-    """`rows`, or an empty (0,) int64 where `same` (every row continues itself: nothing to take)."""
-    then_b, else_b = Nodes(f"{b.prefix}none/", b.opset), Nodes(f"{b.prefix}rows/", b.opset)
-    none = then_b.identity(then_b.const(np.zeros(0, np.int64)), then_b.name("none"))
-    given = else_b.identity(rows, else_b.name("rows"))
-    return b.op(
-        "If",
-        [same],
-        then_branch=helper.make_graph(then_b.nodes, "no_rows", [], [value(none, INT)]),
-        else_branch=helper.make_graph(else_b.nodes, "rows", [], [value(given, INT)]),
-    )
-
-
-def take_rows(b: Nodes, name: str, rows: str, values: dict[str, tuple[str, int, int]]) -> dict[str, str]:
-    """`values` (name: (value, batch axis, element type)) taken at `rows`; as they are if `rows` is empty."""
-    if not values:
-        return {}
-    keys = list(values)
-    given = b.op("Greater", [b.op("Size", [rows]), b.const(0, np.int64)])
-    then_b, else_b = Nodes(f"{b.prefix}{name}.take/", b.opset), Nodes(f"{b.prefix}{name}.same/", b.opset)
-    then_out = [then_b.op("Gather", [values[k][0], rows], axis=values[k][1]) for k in keys]
-    else_out = [else_b.identity(values[k][0], else_b.name(f"same.{k}")) for k in keys]
-    outs = b.op(
-        "If",
-        [given],
-        len(keys),
-        then_branch=helper.make_graph(
-            then_b.nodes, f"{name}_take", [], [value(o, values[k][2]) for o, k in zip(then_out, keys)]
-        ),
-        else_branch=helper.make_graph(
-            else_b.nodes, f"{name}_same", [], [value(o, values[k][2]) for o, k in zip(else_out, keys)]
-        ),
-    )
-    return dict(zip(keys, outs if isinstance(outs, list) else [outs]))
+def without_reorder(step: onnx.GraphProto, d) -> tuple[onnx.GraphProto, dict[str, str]]:
+    """`step` without the nodes export/reorder.py added (the If that takes the states at `state_rows`), and
+    for each state input the name its readers now read (to be fed the reordered state)."""
+    if not d.reorder_input:
+        return step, {}
+    moved = {st.input: f"{REORDER}{st.input}" for st in d.states}
+    made = {f"{REORDER}size", f"{REORDER}zero", f"{REORDER}given", *moved.values()}
+    graph = onnx.GraphProto()
+    graph.CopyFrom(step)
+    keep = [n for n in graph.node if not set(n.output) <= made]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return graph, moved
 
 
 def first_dim(b: Nodes, x: str) -> str:
@@ -229,42 +219,50 @@ def greedy_carry(loop: Loop, o: Nodes, n: str) -> dict[str, str]:
     }
 
 
-def greedy_select(b: Nodes, p: Parts, c: dict[str, str], biased: str, forcing: tuple) -> dict[str, str]:
-    """One greedy step in `b` (a branch of the loop body), from `biased` (rows, V): the logits plus the bans
-    and the minimum length (as the head's greedy branch, export/head.py); `forcing` is Loop.forced(). A row
-    that chooses </s> leaves the batch. Returns the new carried values (greedy's own, tok, rows, ctx_rows)
-    and `going`."""
-    forced, eos_now, _, _ = forcing
-    n = first_dim(b, c["hist"])
-    eos_id = b.const(p.eos, np.int64)
-    alive = c["alive"]
-    chosen = b.op("ArgMax", [biased], axis=-1, keepdims=0)
-    top = b.reduce("ReduceMax", biased, [-1], keepdims=1)
-    gain = b.op("Neg", [b.op("Log", [b.reduce("ReduceSum", b.op("Exp", [b.op("Sub", [biased, top])]), [-1])])])
-    chosen = b.op("Where", [forced, b.op("Where", [eos_now, eos_id, "forced_bos_token"]), chosen])
-    gain = b.op("Where", [forced, b.const(np.array(0.0, np.float32)), gain])  # a forced token scores 0
-    dead = b.op("Or", [b.op("IsNaN", [gain]), b.op("IsInf", [gain])])  # no allowed token: ends, probability 0
-    chosen = b.op("Where", [dead, eos_id, chosen])
-    gain = b.op("Where", [dead, b.const(np.array(-np.inf, np.float32)), gain])
-    emit = b.op("Not", [b.op("Equal", [chosen, eos_id])])
-    pad = b.const(p.pad, np.int64)
-
-    def at_rows(fill: str, updates: str) -> str:  # (n,): `fill` except at the rows still decoding
-        return b.op("ScatterElements", [b.op("Expand", [fill, n]), alive, updates], axis=0)
-
-    column = at_rows(pad, b.op("Where", [emit, chosen, pad]))
-    gains = at_rows(b.const(np.array(0.0)), b.op("Cast", [gain], to=DOUBLE))
-    kept = b.op("Reshape", [b.op("NonZero", [emit]), b.const([-1], np.int64)])  # rows that go on, in order
-    rows = rows_unless(b, b.op("Equal", [b.op("Size", [kept]), b.op("Size", [chosen])]), kept)
+def greedy_fixed(o: Nodes, p: Parts, n: str) -> dict[str, str]:
+    """Loop-invariant values greedy decoding's steps read (computed once, before the loop): (n,) fills."""
     return {
-        "going": b.op("Greater", [b.op("Size", [kept]), b.const(0, np.int64)]),
+        "pads": filled(o, [n], p.pad, np.int64),
+        "zeros": filled(o, [n], 0, np.int64),
+        "zeros_f": filled(o, [n], 0.0, np.float64),
+    }
+
+
+def greedy_select(
+    b: Nodes, p: Parts, c: dict[str, str], fixed: dict[str, str], biased: str, forcing: dict[str, str]
+) -> dict[str, str]:
+    """One greedy step in `b` (a branch of the loop body), from `biased` (rows, V): the logits plus the
+    iteration's bias row (Loop.forced); `fixed` is greedy_fixed(). As the head's greedy branch
+    (export/head.py): the argmax and its log-probability; a forced token scores 0; a row with no allowed
+    token ends with </s> and probability 0. A row that chooses </s> leaves the batch. Returns the new carried
+    values (greedy's own, tok, rows) and `going`.
+
+    Every node here runs once per token, and in ONNX Runtime each costs about a microsecond whatever its
+    size, so there are few, and no If (a value an If passes through unchanged is copied)."""
+    eos_id = b.const(p.eos, np.int64)
+    alive, forced = c["alive"], forcing["forced"]
+    ninf = b.const(np.array(-np.inf, np.float32))
+    chosen = b.op("Where", [forced, forcing["token"], b.op("ArgMax", [biased], axis=-1, keepdims=0)])
+    gain = b.reduce("ReduceMax", b.op("LogSoftmax", [biased], axis=-1), [-1])  # the argmax's log-probability
+    gain = b.op("Where", [forced, b.const(np.array(0.0, np.float32)), gain])
+    dead = b.op("Not", [b.op("Greater", [gain, ninf])])  # -inf or NaN: no allowed token
+    chosen = b.op("Where", [dead, eos_id, chosen])
+    ends = b.op("Equal", [chosen, eos_id])
+    emitted = b.op("Cast", [b.op("Not", [ends])], to=INT)
+    column = b.op(
+        "ScatterElements", [fixed["pads"], alive, b.op("Where", [ends, b.const(p.pad, np.int64), chosen])], axis=0
+    )
+    gain = b.op("Cast", [b.op("Where", [dead, ninf, gain])], to=DOUBLE)  # summed as a Python float, as the loop's
+    going = b.reduce("ReduceMax", emitted, [0])
+    kept = b.op("Reshape", [b.op("NonZero", [emitted]), b.const([-1], np.int64)])  # the rows that go on, in order
+    return {
+        "going": b.op("Greater", [going, b.const(0, np.int64)]),
         "tok": b.op("Gather", [chosen, kept], axis=0),
-        "rows": rows,
-        "ctx_rows": rows,
+        "rows": kept,
         "alive": b.op("Gather", [alive, kept], axis=0),
         "hist": b.op("Concat", [c["hist"], b.op("Unsqueeze", [column, b.const([1], np.int64)])], axis=1),
-        "score": b.op("Add", [c["score"], gains]),  # a Python float sum, in float64, as the loop's
-        "length": b.op("Add", [c["length"], at_rows(b.const(0, np.int64), b.op("Cast", [emit], to=INT))]),
+        "score": b.op("Add", [c["score"], b.op("ScatterElements", [fixed["zeros_f"], alive, gain], axis=0)]),
+        "length": b.op("Add", [c["length"], b.op("ScatterElements", [fixed["zeros"], alive, emitted], axis=0)]),
     }
 
 
