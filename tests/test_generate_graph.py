@@ -7,6 +7,7 @@ and a padded batch.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -148,7 +149,7 @@ def test_generate_graph_equals_the_python_loop(bundles, family, precision):
     assert not [
         t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and t.ByteSize() > 1 << 20
     ]
-    gen = Generator(bundle)
+    gen = Generator(bundle, engine="loop")  # (engine "auto" would take generate.onnx itself for greedy)
     batch = sources_for(gen, 5)
     checked = 0
     for sources in (batch[:1], batch):
@@ -172,7 +173,7 @@ def test_rules_the_loop_has(bundles, family):
     bundle = load_bundle(bundles[family]["fp32"])
     m = bundle.manifest
     banned = sorted({m.special_tokens.get("pad", 0), 5, 7} - {m.special_tokens["eos"]})
-    gen = Generator(replace(bundle, manifest=replace(m, banned_tokens=tuple(banned))))  # more bans than exported
+    gen = Generator(replace(bundle, manifest=replace(m, banned_tokens=tuple(banned))), engine="loop")  # more bans
     sources = sources_for(gen, 4)
     for options in (
         DecodingOptions(max_new_tokens=8, min_new_tokens=6),
@@ -189,10 +190,42 @@ def test_rules_the_loop_has(bundles, family):
             assert all(banned_id not in h[0] for h in w for banned_id in banned)
 
 
+@pytest.mark.parametrize("family", ["lstm", "marian"])
+def test_one_loop_for_both_strategies(bundles, family, tmp_path, monkeypatch):
+    """Bundles with more weights than generate_graph.SEPARATE_LOOPS_WEIGHTS get one Loop, greedy and beam
+    search in the branches of an If (small ones a Loop each): the same hypotheses as the loop either way."""
+    from edgeseq.export import generate_graph
+
+    def loops(folder: Path) -> int:
+        return sum(
+            n.op_type == "Loop" for n in onnx.load(str(folder / "generate.onnx"), load_external_data=False).graph.node
+        )
+
+    assert loops(bundles[family]["fp32"]) == 2
+    for precision in ("fp32", "int8"):
+        folder = tmp_path / precision
+        shutil.copytree(bundles[family][precision], folder)
+        monkeypatch.setattr(generate_graph, "SEPARATE_LOOPS_WEIGHTS", -1)
+        generate_graph.build_generate(folder, load_bundle(folder).manifest)
+        assert loops(folder) == 1
+        gen = Generator(bundles[family][precision], engine="loop")
+        sources = sources_for(gen, 4)
+        for options in (
+            DecodingOptions(max_new_tokens=9, min_new_tokens=2),
+            DecodingOptions(max_new_tokens=9, beam_size=3, nbest=3, forced_eos=True),
+        ):
+            want = loop_hypotheses(gen, sources, options)
+            got = run_plain(folder, plain_feeds(gen, sources, options))
+            shown = len(want[0]) if precision == "fp32" else 1  # (int8: see above)
+            assert [[h[0] for h in g[:shown]] for g in got] == [[h[0] for h in w[:shown]] for w in want], options
+            for w, g in zip(want, got):
+                np.testing.assert_allclose([h[1] for h in g[:shown]], [h[1] for h in w[:shown]], rtol=1e-4)
+
+
 def test_generate_graph_in_a_process_without_edgeseq(bundles):
     """generate.onnx needs only onnxruntime: a Python process that never imports edgeseq gets the same tokens."""
     bundle = bundles["transformer"]["fp32"]
-    gen = Generator(bundle)
+    gen = Generator(bundle, engine="loop")
     sources = sources_for(gen, 3)
     options = DecodingOptions(max_new_tokens=10, beam_size=4, nbest=4)
     feeds = plain_feeds(gen, sources, options)

@@ -54,6 +54,9 @@ from edgeseq.export.generate_loops import (
 )
 
 FILE, GRAPH = "generate.onnx", "generate"
+# weights up to which each strategy gets its own Loop (faster per token; the decoder's weights are repacked
+# once per Loop, so at most this much more memory): see decode()
+SEPARATE_LOOPS_WEIGHTS = 16 << 20
 SOURCE = ("src_ids", "src_mask")
 
 
@@ -137,13 +140,26 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     shared = shared_values(main, parts)
     is_beam = main.op("Greater", ["beam_size", main.const(1, np.int64)])
     shared["beam"] = main.op("Max", ["beam_size", main.const(1, np.int64)])  # beams per source (1: greedy)
-    final = decode(parts, shared, main, parts.encode(main), is_beam)
+    ctx = parts.encode(main)
+    if _weights_bytes(store) <= SEPARATE_LOOPS_WEIGHTS:  # a Loop per strategy, the other runs no iteration
+        none = main.const(0, np.int64)
+        greedy = decode(
+            parts,
+            {**shared, "beam": main.const(1, np.int64)},
+            main,
+            ctx,
+            ("greedy",),
+            main.op("Where", [is_beam, none, shared["limit"]]),
+        )
+        beam = decode(parts, shared, main, ctx, ("beam",), main.op("Where", [is_beam, shared["limit"], none]))
+    else:
+        greedy = beam = decode(parts, shared, main, ctx, ("greedy", "beam"), shared["limit"], is_beam)
     main.op(
         "If",
         [is_beam],
         [t.name for t in OUTPUTS],
-        then_branch=_pick(main, "beam", lambda b: beam_outputs(b, shared, final)),
-        else_branch=_pick(main, "greedy", lambda b: greedy_outputs(b, final)),
+        then_branch=_pick(main, "beam", lambda b: beam_outputs(b, shared, beam)),
+        else_branch=_pick(main, "greedy", lambda b: greedy_outputs(b, greedy)),
     )
     inputs = input_specs(m)
     graph = helper.make_graph(
@@ -162,15 +178,26 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     return GraphSpec(FILE, inputs, OUTPUTS)
 
 
-def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: str) -> dict[str, str]:
-    """The decoding Loop in the main graph `o`: the decoder step, then the next tokens chosen by greedy
-    decoding or beam search (the two branches of an If). Returns the carried values after the loop.
+def decode(
+    p: Parts,
+    s: dict[str, str],
+    o: Nodes,
+    ctx: dict[str, str],
+    strategies: tuple[str, ...],
+    trips: str,
+    is_beam: str | None = None,
+) -> dict[str, str]:
+    """A decoding Loop in the main graph `o` (at most `trips` iterations): the decoder step, then the next
+    tokens chosen by each of `strategies` ("greedy", "beam"; with both, the two branches of an If on
+    `is_beam`). Returns the carried values after the loop.
 
-    One Loop with the step in its body, not one Loop per strategy: ONNX Runtime repacks a weight once for
-    each node that reads it, so two loops hold the decoder's repacked weights twice (+227 MB for a Marian
-    base), and it does not repack weights for a node in a Loop inside an If (10-30x slower steps). Every
-    value read from inside a subgraph is a body input or computed in the body from the logits (never the
-    step's own outputs): ONNX Runtime's QDQ propagation fails on a Dequantize output read from a subgraph.
+    ONNX Runtime repacks a weight once for each node that reads it, so a Loop per strategy holds the
+    decoder's repacked weights twice (+227 MB for a Marian base): build_generate gives small models one
+    Loop per strategy (no If, nothing of the other strategy carried: each node and carried value costs
+    about a microsecond a token) and large ones a single Loop. A Loop inside an If is not an option: ONNX
+    Runtime does not repack weights there (10-30x slower steps). Every value read from inside a subgraph is
+    a body input or computed in the body from the logits (never the step's own outputs): ONNX Runtime's QDQ
+    propagation fails on a Dequantize output read from a subgraph.
     """
     d = p.manifest.decoder
     i64 = lambda x: o.const(x, np.int64)  # noqa: E731
@@ -178,7 +205,7 @@ def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: 
     K = s["beam"]
     rows = o.op("Mul", [n, o.op("Reshape", [K, i64([1])])])
     rep = o.op("Div", [o.op("Range", [i64(0), o.op("Squeeze", [rows]), i64(1)]), K])  # each row's source
-    loop = Loop("decode", o, p, s, s["limit"])
+    loop = Loop("_".join(strategies), o, p, s, trips)
     tok = loop.carry("tok", o.op("Expand", [i64(p.start), rows]), INT)
     states = {
         st.input: loop.carry(
@@ -193,33 +220,39 @@ def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: 
     context = {k: loop.carry(f"ctx:{k}", ctx[k], context_type(p, k)) for k in p.step_context}
     state_rows = loop.carry("rows", o.op("Range", [i64(0), o.op("Squeeze", [rows]), i64(1)]), INT)
     sources = loop.carry("src", rep, INT)
-    own = {"greedy": greedy_carry(loop, o, n), "beam": beam_carry(loop, o, s, n)}
-    fixed = greedy_fixed(o, p, n)
-
+    carry = {"greedy": lambda: greedy_carry(loop, o, n), "beam": lambda: beam_carry(loop, o, s, n)}
+    own = {name: carry[name]() for name in strategies}
     out = loop.step(tok, states, context, state_rows, sources)
     forcing = loop.forced()
     logits, b = out[d.logits_output], loop.b
-    nodes = {name: Nodes(f"decode/{name}/", p.opset) for name in ("greedy", "beam")}
-    chosen = {
-        "greedy": greedy_select(
-            nodes["greedy"], p, own["greedy"], fixed, b.op("Add", [logits, forcing["row"]]), forcing
+    alone = len(strategies) == 1  # the choice in the body itself, not in an If's branch
+    nodes = {name: b if alone else Nodes(f"{loop.name}/{name}/", p.opset) for name in strategies}
+    select = {
+        "greedy": lambda: greedy_select(
+            nodes["greedy"], p, own["greedy"], greedy_fixed(o, p, n), b.op("Add", [logits, forcing["row"]]), forcing
         ),
-        "beam": beam_select(nodes["beam"], p, s, loop, own["beam"], b.op("LogSoftmax", [logits], axis=-1), forcing),
+        "beam": lambda: beam_select(
+            nodes["beam"], p, s, loop, own["beam"], b.op("LogSoftmax", [logits], axis=-1), forcing
+        ),
     }
-    keys = ["going", "tok", "rows", *own["greedy"], *own["beam"]]
-    types = {"going": BOOL, **loop.types}
-    branches = {}
-    for name, new in chosen.items():
-        # the other strategy's values are left empty, not passed on: ONNX Runtime copies a value an If
-        # passes through (~2 us a value and step for the demo model, 17 us in all)
-        nb = nodes[name]
-        outs = [nb.identity(new.get(k) or _empty(nb, types[k]), nb.name(f"{name}.{k}")) for k in keys]
-        branches[name] = helper.make_graph(
-            nb.nodes, f"choose_{name}", [], [value(x, types[k]) for x, k in zip(outs, keys)]
+    chosen = {name: select[name]() for name in strategies}
+    if alone:
+        picked = chosen[strategies[0]]
+    else:
+        keys = ["going", "tok", "rows", *(k for name in strategies for k in own[name])]
+        types = {"going": BOOL, **loop.types}
+        branches = {}
+        for name, new in chosen.items():
+            # the other strategy's values are left empty, not passed on: ONNX Runtime copies a value an If
+            # passes through (~2 us a value and step for the demo model, 17 us in all)
+            nb = nodes[name]
+            outs = [nb.identity(new.get(k) or _empty(nb, types[k]), nb.name(f"{name}.{k}")) for k in keys]
+            branches[name] = helper.make_graph(
+                nb.nodes, f"choose_{name}", [], [value(x, types[k]) for x, k in zip(outs, keys)]
+            )
+        picked = dict(
+            zip(keys, b.op("If", [is_beam], len(keys), then_branch=branches["beam"], else_branch=branches["greedy"]))
         )
-    picked = dict(
-        zip(keys, b.op("If", [is_beam], len(keys), then_branch=branches["beam"], else_branch=branches["greedy"]))
-    )
     new = {
         **{f"state:{st.input}": out[st.output] for st in d.states},
         **{f"ctx:{k}": context[k] for k in p.step_context},
@@ -227,6 +260,15 @@ def decode(p: Parts, s: dict[str, str], o: Nodes, ctx: dict[str, str], is_beam: 
         **{k: v for k, v in picked.items() if k != "going"},
     }
     return loop.close(new, picked["going"])
+
+
+def _weights_bytes(store: Initializers) -> int:
+    """The bytes of the initializers in `store` (external data by its recorded length)."""
+    total = 0
+    for t in store.tensors:
+        ext = {e.key: e.value for e in t.external_data}
+        total += int(ext.get("length", 0)) if t.data_location == onnx.TensorProto.EXTERNAL else len(t.raw_data)
+    return total
 
 
 def _check_step_inputs(p: Parts) -> None:
