@@ -263,7 +263,7 @@ def test_auto_uses_the_graph_where_it_is_faster(bundles, monkeypatch):
     bundle = bundles["lstm"]["fp32"]
     auto, loop = Generator(bundle), Generator(bundle, engine="loop")
     assert auto._graph is None  # loaded when first needed
-    sources = (sources_for(auto, 6) * 4)[: generator.AUTO_GRAPH_SOURCES + 1]
+    sources = (sources_for(auto, 6) * (generator.AUTO_GRAPH_SOURCES // 6 + 1))[: generator.AUTO_GRAPH_SOURCES + 1]
     greedy, beam = DecodingOptions(max_new_tokens=10), DecodingOptions(max_new_tokens=10, beam_size=3)
     for some, options, graph in ((sources[:2], greedy, True), (sources, greedy, False), (sources[:2], beam, False)):
         used.clear()

@@ -199,14 +199,15 @@ class StreamedToken:
 
 
 ENGINES = ("auto", "loop", "graph")
-# engine "auto" decodes with generate.onnx where it was measured faster than the loop (benchmarks/latency.py,
-# 2 threads): greedy decoding of at most AUTO_GRAPH_SOURCES sources by a model of at most AUTO_GRAPH_WEIGHTS
-# bytes (demo LSTM, one source: 1.05 ms against 1.27), whose steps are short enough for the Python between
-# them to count. Elsewhere the loop is as fast or faster (beam search: 1.5x faster on the demo LSTM; 16
-# sources or a 30 MB Marian: the same or better) and needs less memory: ONNX Runtime keeps both the repacked
-# weights of a Loop body and their mapped originals (a Marian base: +190 MB).
+# engine "auto" decodes with generate.onnx where it was measured faster than the loop (2 threads, the demo
+# LSTM): greedy decoding of at most AUTO_GRAPH_SOURCES sources by a model of at most AUTO_GRAPH_WEIGHTS bytes,
+# whose steps are short enough for the Python between them to count (1 source: 0.99 ms against 1.50; 16
+# sources 1.41x faster, 64 1.12x, 256 the same). Elsewhere the loop is used: beam search (the graph's is
+# slower: 0.69x for one source, 0.93-0.98x for 4-16) and larger models, whose graph engine is a little faster
+# for greedy (a Marian base: 1.11x fp32) but needs more memory: ONNX Runtime keeps both the repacked weights
+# of a Loop body and their mapped originals (+178 MB).
 AUTO_GRAPH_WEIGHTS = 8 << 20
-AUTO_GRAPH_SOURCES = 8
+AUTO_GRAPH_SOURCES = 64
 
 
 class Generator:
