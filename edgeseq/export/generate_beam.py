@@ -38,12 +38,10 @@ def beam_carry(loop: Loop, o: Nodes, s: dict[str, str], n: str) -> dict[str, str
     }
 
 
-def beam_select(
-    b: Nodes, p: Parts, s: dict[str, str], loop: Loop, c: dict[str, str], logprobs: str, forcing: dict[str, str]
-) -> dict[str, str]:
-    """One step of beam search in `b` (a branch of the loop body), from `logprobs` (mK, V): log_softmax of
-    the logits; `forcing` is Loop.forced(). Returns the new carried values (beam search's own, tok, rows)
-    and `going`."""
+def beam_select(b: Nodes, p: Parts, s: dict[str, str], loop: Loop, c: dict[str, str], scores: str) -> dict[str, str]:
+    """One step of beam search in `b`, from `scores` (mK, V): log_softmax of the logits with the iteration's
+    rules applied (Loop.scores: HF's order, processors after the log-softmax; a forced token scores 0).
+    Returns the new carried values (beam search's own, tok, rows) and `going`."""
     V = p.vocab
     i64 = lambda b, x: b.const(x, np.int64)  # noqa: E731
     hist, sources = c["beam_hist"], c["sources"]
@@ -52,10 +50,7 @@ def beam_select(
     K2 = b.op("Mul", [K, i64(b, 2)])
     kk = b.op("Reshape", [K, i64(b, [1])])
     m = first_dim(b, sources)
-    # bans and the minimum length act on log-probabilities (HF's order); a forced token scores 0
-    row = forcing["row"]
-    scored = b.op("Where", [forcing["forced"], row, b.op("Add", [logprobs, row])])
-    total = b.op("Add", [scored, b.op("Reshape", [c["beam"], i64(b, [-1, 1])])])
+    total = b.op("Add", [scores, b.op("Reshape", [c["beam"], i64(b, [-1, 1])])])
     flat = b.op("Reshape", [total, b.op("Concat", [m, b.op("Mul", [kk, i64(b, [V])])], axis=0)])  # (m, K * V)
     best, top = b.op("TopK", [flat, b.op("Reshape", [K2, i64(b, [1])])], 2, axis=-1, largest=1, sorted=1)
     token = b.op("Mod", [top, i64(b, V)])

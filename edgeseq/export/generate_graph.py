@@ -223,16 +223,13 @@ def decode(
     carry = {"greedy": lambda: greedy_carry(loop, o, n), "beam": lambda: beam_carry(loop, o, s, n)}
     own = {name: carry[name]() for name in strategies}
     out = loop.step(tok, states, context, state_rows, sources)
-    forcing = loop.forced()
     logits, b = out[d.logits_output], loop.b
     alone = len(strategies) == 1  # the choice in the body itself, not in an If's branch
     nodes = {name: b if alone else Nodes(f"{loop.name}/{name}/", p.opset) for name in strategies}
     select = {
-        "greedy": lambda: greedy_select(
-            nodes["greedy"], p, own["greedy"], greedy_fixed(o, p, n), b.op("Add", [logits, forcing["row"]]), forcing
-        ),
+        "greedy": lambda: greedy_select(nodes["greedy"], p, own["greedy"], greedy_fixed(o, p, n), loop.scores(logits)),
         "beam": lambda: beam_select(
-            nodes["beam"], p, s, loop, own["beam"], b.op("LogSoftmax", [logits], axis=-1), forcing
+            nodes["beam"], p, s, loop, own["beam"], loop.scores(b.op("LogSoftmax", [logits], axis=-1))
         ),
     }
     chosen = {name: select[name]() for name in strategies}

@@ -90,7 +90,6 @@ def shared_values(g: Nodes, p: Parts) -> dict[str, str]:
         "kind": kind,  # (limit,) int64
         "rows": rows,  # (4, V)
         "forced": g.op("Or", [eos_now, bos_now]),  # (limit,)
-        "forced_token": g.op("Where", [eos_now, i64(eos), bos]),  # (limit,)
         "early_stopping": g.op("Cast", ["early_stopping"], to=BOOL),
     }
 
@@ -144,16 +143,13 @@ class Loop:
         wanted = [d.logits_output, *(st.output for st in d.states)]
         return import_graph(step, b, f"{self.name}/step/", wired, p.step_inits, outputs=wanted)
 
-    def forced(self) -> dict[str, str]:
-        """At this iteration: `row`, the (V,) bias its scores get (the bans and the minimum length, or, where a
-        token is forced, 0 at that token and -inf elsewhere), whether a token is forced (`forced`, ()) and
-        which (`token`, ())."""
+    def scores(self, x: str) -> str:
+        """`x` (rows, V) with this iteration's rules applied, as runtime/processors.process applies them: plus
+        the bans and the minimum length (-inf at </s>), or where a token is forced, 0 at that token and -inf
+        elsewhere whatever `x` is (HF's ForcedBOS/ForcedEOS)."""
         b, s, it = self.b, self.s, self.it
-        return {
-            "row": b.op("Gather", [s["rows"], b.op("Gather", [s["kind"], it], axis=0)], axis=0),
-            "forced": b.op("Gather", [s["forced"], it], axis=0),
-            "token": b.op("Gather", [s["forced_token"], it], axis=0),
-        }
+        row = b.op("Gather", [s["rows"], b.op("Gather", [s["kind"], it], axis=0)], axis=0)
+        return b.op("Where", [b.op("Gather", [s["forced"], it], axis=0), row, b.op("Add", [x, row])])
 
     def close(self, new: dict[str, str], going: str) -> dict[str, str]:
         """Add the Loop node (at most `trips` iterations, while `going`); returns the final values outside."""
@@ -228,23 +224,19 @@ def greedy_fixed(o: Nodes, p: Parts, n: str) -> dict[str, str]:
     }
 
 
-def greedy_select(
-    b: Nodes, p: Parts, c: dict[str, str], fixed: dict[str, str], biased: str, forcing: dict[str, str]
-) -> dict[str, str]:
-    """One greedy step in `b` (a branch of the loop body), from `biased` (rows, V): the logits plus the
-    iteration's bias row (Loop.forced); `fixed` is greedy_fixed(). As the head's greedy branch
-    (export/head.py): the argmax and its log-probability; a forced token scores 0; a row with no allowed
-    token ends with </s> and probability 0. A row that chooses </s> leaves the batch. Returns the new carried
-    values (greedy's own, tok, rows) and `going`.
+def greedy_select(b: Nodes, p: Parts, c: dict[str, str], fixed: dict[str, str], scores: str) -> dict[str, str]:
+    """One greedy step in `b`, from `scores` (rows, V): the logits with the iteration's rules applied
+    (Loop.scores); `fixed` is greedy_fixed(). As the head's greedy branch (export/head.py): the argmax and its
+    log-probability (a forced token: 0); a row with no allowed token ends with </s> and probability 0. A row
+    that chooses </s> leaves the batch. Returns the new carried values (greedy's own, tok, rows) and `going`.
 
     Every node here runs once per token, and in ONNX Runtime each costs about a microsecond whatever its
     size, so there are few, and no If (a value an If passes through unchanged is copied)."""
     eos_id = b.const(p.eos, np.int64)
-    alive, forced = c["alive"], forcing["forced"]
+    alive = c["alive"]
     ninf = b.const(np.array(-np.inf, np.float32))
-    chosen = b.op("Where", [forced, forcing["token"], b.op("ArgMax", [biased], axis=-1, keepdims=0)])
-    gain = b.reduce("ReduceMax", b.op("LogSoftmax", [biased], axis=-1), [-1])  # the argmax's log-probability
-    gain = b.op("Where", [forced, b.const(np.array(0.0, np.float32)), gain])
+    chosen = b.op("ArgMax", [scores], axis=-1, keepdims=0)
+    gain = b.reduce("ReduceMax", b.op("LogSoftmax", [scores], axis=-1), [-1])  # the argmax's log-probability
     dead = b.op("Not", [b.op("Greater", [gain, ninf])])  # -inf or NaN: no allowed token
     chosen = b.op("Where", [dead, eos_id, chosen])
     ends = b.op("Equal", [chosen, eos_id])
