@@ -113,8 +113,10 @@ class DecoderSpec:
     step_input: str | None = None  # () int64: index of the token being generated, for positions
     alignment_output: str | None = None  # (batch, src_len): attention weights of this step
     head: HeadSpec | None = None  # what the step computes from its logits (export/head.py)
-    # (rows,) int64: the previous step's row each row continues, gathered inside the step (export/reorder.py)
+    # (rows,) int64: the previous step's row each row continues, gathered inside the step (export/reorder.py);
+    # fed at every step (np.arange: none changed), or in bundles made before (False) empty when none changed
     reorder_input: str | None = None
+    reorder_every_step: bool = False
     # Bundles made before the head had modes: a greedy-only head, bias (V,) in, (rows,) token and
     # log-probability out. Still read and used.
     head_bias_input: str | None = None
@@ -136,6 +138,8 @@ class DecoderSpec:
         for legacy in ("head_bias_input", "head_token_output", "head_logprob_output", "reorder_input"):
             if d[legacy] is None:
                 del d[legacy]
+        if not self.reorder_every_step:
+            del d["reorder_every_step"]
         return d
 
 

@@ -131,6 +131,7 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
                 "reorder_input",
             )
         },
+        reorder_every_step=r.get(dec, "reorder_every_step", (bool, type(None)), False, "decoder.") or False,
     )
     source_size = r.size(data, "source_vocab_size", MAX_DIM)
     target_size = r.size(data, "target_vocab_size", MAX_DIM)
@@ -405,6 +406,8 @@ def _check_references(m: Manifest, where: str) -> None:
         or len(step_in[d.reorder_input].shape) != 1
     ):
         problems.append(f"decoder.reorder_input {d.reorder_input!r} must be a (rows,) int64 input of decoder_step")
+    if d.reorder_every_step and not d.reorder_input:
+        problems.append("decoder.reorder_every_step is true but there is no decoder.reorder_input")
     if d.step_input and d.step_input not in step_in:
         problems.append(f"decoder.step_input {d.step_input!r} is not an input of decoder_step")
     for i, s in enumerate(d.states):

@@ -103,7 +103,7 @@ def test_each_graph_matches_pytorch(bundle_factory, cell, attention, bidirection
             "head_mode": np.array(1, dtype=np.int64),
             "head_bias": np.zeros(model.cfg.tgt_vocab_size, dtype=np.float32),
             "beam_scores": np.zeros((0, 0), dtype=np.float32),
-            "state_rows": np.zeros(0, dtype=np.int64),  # every row continues itself (export/reorder.py)
+            "state_rows": np.arange(len(tokens), dtype=np.int64),  # each row continues itself (export/reorder.py)
         }
         if keys is not None:
             pool["attn_keys"] = keys.numpy()

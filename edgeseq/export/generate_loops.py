@@ -122,8 +122,9 @@ class Loop:
         continues; `sources` ((rows,) int64): each row's source, the row of `context` (the encoder and
         attention outputs, one row per source) it reads. Both are gathered every step, without a condition:
         in ONNX Runtime a value passed through an If branch unchanged is copied too, at the same cost as a
-        Gather, and the If and its test cost per token besides. The step graph's own reorder
-        (export/reorder.py: an If on `state_rows`) is left out for the same reason.
+        Gather, and the If and its test cost per token besides. The step gathers its states itself
+        (export/reorder.py: `state_rows` is fed `rows`); in bundles made before, whose step has an If on
+        `state_rows` instead, that If is left out and the body gathers them.
 
         Every value a subgraph reads here is a body input: ONNX Runtime's QDQ propagation (static int8)
         fails on a Dequantize output read from inside a subgraph. For the same reason the step's own head
@@ -132,9 +133,12 @@ class Loop:
         d, p, b = self.p.manifest.decoder, self.p, self.b
         feeds = {k: b.op("Gather", [v, sources], axis=p.axes[k]) for k, v in context.items()}
         step, reordered = without_reorder(p.step, d)
-        batch_axis = {st.input: st.batch_axis for st in d.states}
-        for name, value_ in states.items():
-            feeds[reordered.get(name, name)] = b.op("Gather", [value_, rows], axis=batch_axis[name])
+        if d.reorder_every_step:  # the step gathers each state just before its first reader
+            feeds |= {**states, d.reorder_input: rows}
+        else:
+            batch_axis = {st.input: st.batch_axis for st in d.states}
+            for name, value_ in states.items():
+                feeds[reordered.get(name, name)] = b.op("Gather", [value_, rows], axis=batch_axis[name])
         feeds[d.tokens_input] = tokens
         if d.step_input:
             feeds[d.step_input] = self.it
@@ -184,9 +188,10 @@ def zeros_state(b: Nodes, state, rows: str) -> str:
 
 
 def without_reorder(step: onnx.GraphProto, d) -> tuple[onnx.GraphProto, dict[str, str]]:
-    """`step` without the nodes export/reorder.py added (the If that takes the states at `state_rows`), and
-    for each state input the name its readers now read (to be fed the reordered state)."""
-    if not d.reorder_input:
+    """`step` without the nodes export/reorder.py added to bundles made before reorder_every_step (the If
+    that takes the states at `state_rows`), and for each state input the name its readers now read (to be
+    fed the reordered state)."""
+    if not d.reorder_input or d.reorder_every_step:
         return step, {}
     moved = {st.input: f"{REORDER}{st.input}" for st in d.states}
     made = {f"{REORDER}size", f"{REORDER}zero", f"{REORDER}given", *moved.values()}

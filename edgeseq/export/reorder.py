@@ -6,9 +6,17 @@ into fresh memory each step (numpy's take: ~10 ms a step for a 6-layer Marian at
 faults); done by ONNX Runtime, it is a Gather into its own arena, on all its threads (~1.5 ms).
 
 Input: `state_rows` (rows,) int64: for each row of this step, the row of the previous step's states it
-continues; empty: every row continues itself (no copy). The step's other inputs (tokens, context) already
-have the new rows. Every state input is replaced, for the nodes that read it, by `If(rows given, Gather
-along the state's batch axis, the state as it is)`.
+continues, at every step (np.arange when every row continues itself). The step's other inputs (tokens,
+context) already have the new rows. Every state input is replaced, for the nodes that read it, by a Gather
+along the state's batch axis placed just before its first reader, so ONNX Runtime gathers each layer's
+cache when that layer runs and frees it after: at most one gathered cache exists at a time besides the
+step's inputs and outputs (DecoderSpec.reorder_every_step).
+
+Bundles made before (session 4) have one If instead: `If(rows given, Gather every state, the states as they
+are)`, fed an empty `state_rows` when nothing changes. That form costs as much when nothing changes (ONNX
+Runtime copies a value an If branch passes through) and gathers every state at once (beam search over a
+Marian held ~3.5x its cache at its peak); the runtime still drives it (DecoderSpec.reorder_every_step
+False).
 """
 
 from __future__ import annotations
@@ -16,12 +24,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from edgeseq.bundle import DecoderSpec, GraphSpec, TensorSpec
-from edgeseq.export.graph_edit import topological_sort
 
 ROWS = "state_rows"
 PREFIX = "reorder."
@@ -50,35 +56,26 @@ def add_reorder(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[Grap
     states = [s for s in decoder.states if s.input in {i.name for i in g.input}]
     if not states or ROWS in names or {s.input for s in states} & {o.name for o in g.output}:
         return spec, decoder
-    dtypes = {i.name: i.type.tensor_type.elem_type for i in g.input}
-    then_nodes, else_nodes, then_out, else_out = [], [], [], []
-    for s in states:
-        moved = f"{PREFIX}{s.input}"
-        _rename_reads(g, s.input, moved)
-        t, e = f"{PREFIX}gather.{s.input}", f"{PREFIX}same.{s.input}"
-        then_nodes.append(helper.make_node("Gather", [s.input, ROWS], [t], name=t, axis=s.batch_axis))
-        else_nodes.append(helper.make_node("Identity", [s.input], [e], name=e))
-        then_out.append(helper.make_tensor_value_info(t, dtypes[s.input], None))
-        else_out.append(helper.make_tensor_value_info(e, dtypes[s.input], None))
-    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), f"{PREFIX}zero.value")
-    g.node.extend(
-        [
-            helper.make_node("Size", [ROWS], [f"{PREFIX}size"], name=f"{PREFIX}size"),
-            helper.make_node("Constant", [], [f"{PREFIX}zero"], name=f"{PREFIX}zero", value=zero),
-            helper.make_node("Greater", [f"{PREFIX}size", f"{PREFIX}zero"], [f"{PREFIX}given"], name=f"{PREFIX}given"),
-            helper.make_node(
-                "If",
-                [f"{PREFIX}given"],
-                [f"{PREFIX}{s.input}" for s in states],
-                name=f"{PREFIX}if",
-                then_branch=helper.make_graph(then_nodes, "reorder_gather", [], then_out),
-                else_branch=helper.make_graph(else_nodes, "reorder_same", [], else_out),
-            ),
-        ]
-    )
+    for st in states:
+        moved = f"{PREFIX}{st.input}"
+        _rename_reads(g, st.input, moved)
+        gather = helper.make_node(
+            "Gather", [st.input, ROWS], [moved], name=f"{PREFIX}gather.{st.input}", axis=st.batch_axis
+        )
+        first = next(i for i, n in enumerate(g.node) if moved in _reads(n))
+        g.node.insert(first, gather)
     g.input.append(helper.make_tensor_value_info(ROWS, TensorProto.INT64, ["state_rows"]))
-    topological_sort(g)
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     spec = dataclasses.replace(spec, inputs=(*spec.inputs, TensorSpec(ROWS, "int64", ("state_rows",))))
-    return spec, dataclasses.replace(decoder, reorder_input=ROWS)
+    return spec, dataclasses.replace(decoder, reorder_input=ROWS, reorder_every_step=True)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """A node's inputs and what its subgraphs read."""
+    names = set(node.input)
+    for a in node.attribute:
+        for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for n in sub.node:
+                names |= _reads(n)
+    return names

@@ -114,9 +114,13 @@ class OrtBackend:
         elif dec.head_bias_input:  # a bundle made when the head was greedy-only
             self.offers = frozenset({GREEDY}) if use_head else frozenset()
             self.idle = {dec.head_bias_input: np.zeros(vocab, dtype=np.float32)}
-        if dec.reorder_input:  # the step gathers its states for the new rows; empty: none
+        # the step gathers its states for the new rows: fed every step (each row itself where the loop gives
+        # none), or in bundles made before reorder_every_step, empty for none
+        self.every_row = dec.reorder_input if dec.reorder_every_step else None
+        if dec.reorder_input:
             self.offers |= {REORDER} if use_head else set()
-            self.idle = {**self.idle, dec.reorder_input: np.zeros(0, dtype=np.int64)}
+            if not self.every_row:
+                self.idle = {**self.idle, dec.reorder_input: np.zeros(0, dtype=np.int64)}
         self.bound: dict[str, BoundSession] | None = None
         if io_binding if io_binding is not None else self.device != "cpu":
             # with a head, the logits stay on the device unless a strategy asks for them
@@ -149,6 +153,8 @@ class OrtBackend:
         """One decoder step; `request` asks the head to choose (runtime/step.py), else it computes nothing."""
         if self.idle:  # what the loop does not feed: the head idle, the states not reordered
             feeds = {**self.idle, **self._head_feeds(request), **feeds} if request else {**self.idle, **feeds}
+        if self.every_row and self.every_row not in feeds:
+            feeds[self.every_row] = np.arange(len(feeds[self.decoder.tokens_input]), dtype=np.int64)
         if self.bound is None:
             return self.sessions["decoder_step"].run(feeds)
         return self.bound["decoder_step"].run(feeds)
