@@ -227,7 +227,9 @@ def decode(
     alone = len(strategies) == 1  # the choice in the body itself, not in an If's branch
     nodes = {name: b if alone else Nodes(f"{loop.name}/{name}/", p.opset) for name in strategies}
     select = {
-        "greedy": lambda: greedy_select(nodes["greedy"], p, own["greedy"], greedy_fixed(o, p, n), loop.scores(logits)),
+        "greedy": lambda: greedy_select(
+            nodes["greedy"], p, own["greedy"], greedy_fixed(o, p, n), loop.scores(logits), sources
+        ),
         "beam": lambda: beam_select(
             nodes["beam"], p, s, loop, own["beam"], loop.scores(b.op("LogSoftmax", [logits], axis=-1))
         ),

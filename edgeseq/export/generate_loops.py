@@ -211,9 +211,6 @@ def first_dim(b: Nodes, x: str) -> str:
 def greedy_carry(loop: Loop, o: Nodes, n: str) -> dict[str, str]:
     """Greedy decoding's own carried values (beside the tokens, states and rows every strategy carries)."""
     return {
-        "alive": loop.carry(
-            "alive", o.op("Range", [o.const(0, np.int64), o.op("Squeeze", [n]), o.const(1, np.int64)]), INT
-        ),
         "hist": loop.carry("hist", filled(o, [n, o.const([0], np.int64)], 0, np.int64), INT),  # (n, t) tokens so far
         "score": loop.carry("score", filled(o, [n], 0.0, np.float64), DOUBLE),
         "length": loop.carry("length", filled(o, [n], 0, np.int64), INT),
@@ -229,16 +226,20 @@ def greedy_fixed(o: Nodes, p: Parts, n: str) -> dict[str, str]:
     }
 
 
-def greedy_select(b: Nodes, p: Parts, c: dict[str, str], fixed: dict[str, str], scores: str) -> dict[str, str]:
+def greedy_select(
+    b: Nodes, p: Parts, c: dict[str, str], fixed: dict[str, str], scores: str, sources: str
+) -> dict[str, str]:
     """One greedy step in `b`, from `scores` (rows, V): the logits with the iteration's rules applied
-    (Loop.scores); `fixed` is greedy_fixed(). As the head's greedy branch (export/head.py): the argmax and its
-    log-probability (a forced token: 0); a row with no allowed token ends with </s> and probability 0. A row
-    that chooses </s> leaves the batch. Returns the new carried values (greedy's own, tok, rows) and `going`.
+    (Loop.scores); `fixed` is greedy_fixed(); `sources` (rows,) each row's source (greedy decoding has one
+    row per source, so these are the rows still decoding). As the head's greedy branch (export/head.py): the
+    argmax and its log-probability (a forced token: 0); a row with no allowed token ends with </s> and
+    probability 0. A row that chooses </s> leaves the batch. Returns the new carried values (greedy's own,
+    tok, rows) and `going`.
 
     Every node here runs once per token, and in ONNX Runtime each costs about a microsecond whatever its
     size, so there are few, and no If (a value an If passes through unchanged is copied)."""
     eos_id = b.const(p.eos, np.int64)
-    alive = c["alive"]
+    alive = sources
     ninf = b.const(np.array(-np.inf, np.float32))
     chosen = b.op("ArgMax", [scores], axis=-1, keepdims=0)
     gain = b.reduce("ReduceMax", b.op("LogSoftmax", [scores], axis=-1), [-1])  # the argmax's log-probability
@@ -256,7 +257,6 @@ def greedy_select(b: Nodes, p: Parts, c: dict[str, str], fixed: dict[str, str], 
         "going": b.op("Greater", [going, b.const(0, np.int64)]),
         "tok": b.op("Gather", [chosen, kept], axis=0),
         "rows": kept,
-        "alive": b.op("Gather", [alive, kept], axis=0),
         "hist": b.op("Concat", [c["hist"], b.op("Unsqueeze", [column, b.const([1], np.int64)])], axis=1),
         "score": b.op("Add", [c["score"], b.op("ScatterElements", [fixed["zeros_f"], alive, gain], axis=0)]),
         "length": b.op("Add", [c["length"], b.op("ScatterElements", [fixed["zeros"], alive, emitted], axis=0)]),
