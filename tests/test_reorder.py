@@ -111,3 +111,23 @@ def test_bundles_with_the_session_4_reorder_decode_the_same(bundle, tmp_path):
             np.testing.assert_allclose(
                 [h.score for hyps in got for h in hyps], [s for w in want for _, s in w], rtol=1e-5, atol=1e-6
             )
+
+
+@pytest.mark.parametrize("mode", ["dynamic-int8", "fp16", "static-int8"])
+def test_both_forms_quantize(bundle_factory, tmp_path, mode):
+    """Quantizing keeps either form working: the quantize pipeline checks generate.onnx against the loop, and
+    the quantized step decodes what the fp32 one does (to near-ties)."""
+    from edgeseq.export.quantize import Recipe, quantize_bundle
+
+    new = bundle_factory()[0]
+    old = as_session_4(new, tmp_path / "old")
+    gen = Generator(new, engine="loop")
+    sources = mixed_sources(gen.bundle.source_vocab, count=4)
+    calibration = [gen.bundle.source_vocab.decode(s[:-1]) for s in sources] if mode == "static-int8" else None
+    options = DecodingOptions(max_new_tokens=10, beam_size=3)
+    results = []
+    for name, folder in (("new", new), ("old", old)):
+        out = quantize_bundle(folder, tmp_path / f"{name}-{mode}", Recipe.uniform(mode), calibration)
+        assert load_bundle(out).manifest.decoder.reorder_every_step == (name == "new")
+        results.append([h[0].tokens for h in Generator(out, engine="loop").generate_ids(sources, options)])
+    assert results[0] == results[1]

@@ -21,7 +21,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeseq.bundle import Manifest
 from edgeseq.export.compose import Nodes, elem_type, import_graph, scalar, value
-from edgeseq.export.reorder import PREFIX as REORDER
 
 INT, FLOAT, DOUBLE, BOOL = TensorProto.INT64, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BOOL
 
@@ -123,8 +122,8 @@ class Loop:
         attention outputs, one row per source) it reads. Both are gathered every step, without a condition:
         in ONNX Runtime a value passed through an If branch unchanged is copied too, at the same cost as a
         Gather, and the If and its test cost per token besides. The step gathers its states itself
-        (export/reorder.py: `state_rows` is fed `rows`); in bundles made before, whose step has an If on
-        `state_rows` instead, that If is left out and the body gathers them.
+        (export/reorder.py: `state_rows` is fed `rows`; in bundles made before reorder_every_step its If
+        then always gathers).
 
         Every value a subgraph reads here is a body input: ONNX Runtime's QDQ propagation (static int8)
         fails on a Dequantize output read from inside a subgraph. For the same reason the step's own head
@@ -132,20 +131,18 @@ class Loop:
         """
         d, p, b = self.p.manifest.decoder, self.p, self.b
         feeds = {k: b.op("Gather", [v, sources], axis=p.axes[k]) for k, v in context.items()}
-        step, reordered = without_reorder(p.step, d)
-        if d.reorder_every_step:  # the step gathers each state just before its first reader
+        if d.reorder_input:  # the step gathers its states itself (given rows, so in either form of reorder.py)
             feeds |= {**states, d.reorder_input: rows}
         else:
             batch_axis = {st.input: st.batch_axis for st in d.states}
-            for name, value_ in states.items():
-                feeds[reordered.get(name, name)] = b.op("Gather", [value_, rows], axis=batch_axis[name])
+            feeds |= {k: b.op("Gather", [v, rows], axis=batch_axis[k]) for k, v in states.items()}
         feeds[d.tokens_input] = tokens
         if d.step_input:
             feeds[d.step_input] = self.it
-        inputs = {i.name for i in step.input}
-        wired = {k: v for k, v in feeds.items() if k in inputs or k in reordered.values()}
+        inputs = {i.name for i in p.step.input}
+        wired = {k: v for k, v in feeds.items() if k in inputs}
         wanted = [d.logits_output, *(st.output for st in d.states)]
-        return import_graph(step, b, f"{self.name}/step/", wired, p.step_inits, outputs=wanted)
+        return import_graph(p.step, b, f"{self.name}/step/", wired, p.step_inits, outputs=wanted)
 
     def scores(self, x: str) -> str:
         """`x` (rows, V) with this iteration's rules applied, as runtime/processors.process applies them: plus
@@ -185,22 +182,6 @@ def zeros_state(b: Nodes, state, rows: str) -> str:
     dims = [rows if d == "batch" else b.const([d], np.int64) for d in state.zeros_shape or ()]
     shape = b.op("Concat", dims, axis=0) if dims else b.const(np.zeros(0, np.int64))
     return b.op("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, dtype=state.dtype), "zero"))
-
-
-def without_reorder(step: onnx.GraphProto, d) -> tuple[onnx.GraphProto, dict[str, str]]:
-    """`step` without the nodes export/reorder.py added to bundles made before reorder_every_step (the If
-    that takes the states at `state_rows`), and for each state input the name its readers now read (to be
-    fed the reordered state)."""
-    if not d.reorder_input or d.reorder_every_step:
-        return step, {}
-    moved = {st.input: f"{REORDER}{st.input}" for st in d.states}
-    made = {f"{REORDER}size", f"{REORDER}zero", f"{REORDER}given", *moved.values()}
-    graph = onnx.GraphProto()
-    graph.CopyFrom(step)
-    keep = [n for n in graph.node if not set(n.output) <= made]
-    del graph.node[:]
-    graph.node.extend(keep)
-    return graph, moved
 
 
 def first_dim(b: Nodes, x: str) -> str:

@@ -188,9 +188,20 @@ def add_head(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[GraphSp
 def without_head(spec: GraphSpec, decoder: DecoderSpec) -> GraphSpec:
     """The graph's I/O as the model declares it: what edgeseq added (the head, the reorder input) taken out,
     for comparisons."""
+    from edgeseq.export.reorder import PREVIOUS
+
     head = set(decoder.added_names())
+    axis = {st.input: st.batch_axis for st in decoder.states} if decoder.reorder_input else {}
+
+    def declared(t: TensorSpec) -> TensorSpec:  # a state input's batch symbol as the model had it
+        if t.name not in axis or len(t.shape) <= axis[t.name] or not str(t.shape[axis[t.name]]).startswith(PREVIOUS):
+            return t
+        shape = list(t.shape)
+        shape[axis[t.name]] = shape[axis[t.name]][len(PREVIOUS) :]
+        return dataclasses.replace(t, shape=tuple(shape))
+
     return dataclasses.replace(
         spec,
-        inputs=tuple(t for t in spec.inputs if t.name not in head),
+        inputs=tuple(declared(t) for t in spec.inputs if t.name not in head),
         outputs=tuple(t for t in spec.outputs if t.name not in head),
     )

@@ -110,7 +110,7 @@ def capture_feeds(
         def step(self, f, request=None):
             out = backend.step(f)  # the head's inputs added as the graph receives them
             if len(feeds["decoder_step"]) < max_steps:
-                feeds["decoder_step"].append(_pick(bundle, "decoder_step", {**backend.idle, **f}))
+                feeds["decoder_step"].append(_pick(bundle, "decoder_step", backend.step_feeds(f)))
             return out
 
     options = DecodingOptions(max_new_tokens=bundle.manifest.max_new_tokens)
@@ -179,9 +179,13 @@ def _quantize_graph(model: onnx.ModelProto, mode: str, path: Path, calibration: 
     elif mode == "fp16":
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        # the head and the reorder (export/head.py, reorder.py) stay float32: the converter misplaces the casts
-        # of If branches
-        head = [n.name for n in model.graph.node if n.name.startswith(("head.", "reorder."))]
+        # the head and, in bundles made before reorder_every_step, the reorder's If (export/head.py, reorder.py)
+        # stay float32: the converter misplaces the casts of If branches (the reorder's Gathers convert)
+        head = [
+            n.name
+            for n in model.graph.node
+            if n.name.startswith(("head.", "reorder.")) and not n.name.startswith("reorder.gather.")
+        ]
         half = convert_float_to_float16(
             model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_UNSAFE, node_block_list=head
         )

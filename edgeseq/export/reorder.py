@@ -30,6 +30,7 @@ from onnx import TensorProto, helper
 from edgeseq.bundle import DecoderSpec, GraphSpec, TensorSpec
 
 ROWS = "state_rows"
+PREVIOUS = "previous_"  # + the model's symbol for a state input's batch axis: the rows of the previous step
 PREFIX = "reorder."
 
 
@@ -56,6 +57,13 @@ def add_reorder(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[Grap
     states = [s for s in decoder.states if s.input in {i.name for i in g.input}]
     if not states or ROWS in names or {s.input for s in states} & {o.name for o in g.output}:
         return spec, decoder
+    # a state input has the previous step's rows, not this step's: its own batch symbol, or ONNX Runtime may
+    # plan the states' outputs with the inputs' row count (an fp16 step failed on the first beam step)
+    by_name = {i.name: i for i in g.input}
+    for st in states:
+        dims = by_name[st.input].type.tensor_type.shape.dim
+        if len(dims) > st.batch_axis and dims[st.batch_axis].dim_param:
+            dims[st.batch_axis].dim_param = PREVIOUS + dims[st.batch_axis].dim_param
     for st in states:
         moved = f"{PREFIX}{st.input}"
         _rename_reads(g, st.input, moved)
@@ -67,7 +75,17 @@ def add_reorder(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[Grap
     g.input.append(helper.make_tensor_value_info(ROWS, TensorProto.INT64, ["state_rows"]))
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
-    spec = dataclasses.replace(spec, inputs=(*spec.inputs, TensorSpec(ROWS, "int64", ("state_rows",))))
+    axis = {st.input: st.batch_axis for st in states}
+    inputs = tuple(
+        dataclasses.replace(
+            t,
+            shape=tuple(PREVIOUS + d if i == axis[t.name] and isinstance(d, str) else d for i, d in enumerate(t.shape)),
+        )
+        if t.name in axis
+        else t
+        for t in spec.inputs
+    )
+    spec = dataclasses.replace(spec, inputs=(*inputs, TensorSpec(ROWS, "int64", ("state_rows",))))
     return spec, dataclasses.replace(decoder, reorder_input=ROWS, reorder_every_step=True)
 
 

@@ -151,13 +151,19 @@ class OrtBackend:
         self, feeds: dict[str, np.ndarray | DeviceTensor], request: HeadRequest | None = None
     ) -> dict[str, np.ndarray | DeviceTensor]:
         """One decoder step; `request` asks the head to choose (runtime/step.py), else it computes nothing."""
-        if self.idle:  # what the loop does not feed: the head idle, the states not reordered
-            feeds = {**self.idle, **self._head_feeds(request), **feeds} if request else {**self.idle, **feeds}
-        if self.every_row and self.every_row not in feeds:
-            feeds[self.every_row] = np.arange(len(feeds[self.decoder.tokens_input]), dtype=np.int64)
+        feeds = self.step_feeds(feeds, request)
         if self.bound is None:
             return self.sessions["decoder_step"].run(feeds)
         return self.bound["decoder_step"].run(feeds)
+
+    def step_feeds(self, feeds: dict, request: HeadRequest | None = None) -> dict:
+        """The loop's feeds with what it leaves out: the head's (idle unless `request`), and the rows to
+        reorder the states by (each row itself, or for bundles made before reorder_every_step, none)."""
+        if self.idle:
+            feeds = {**self.idle, **self._head_feeds(request), **feeds} if request else {**self.idle, **feeds}
+        if self.every_row and self.every_row not in feeds:
+            feeds = {**feeds, self.every_row: np.arange(len(feeds[self.decoder.tokens_input]), dtype=np.int64)}
+        return feeds
 
     def _head_feeds(self, request: HeadRequest) -> dict[str, np.ndarray]:
         head = self.decoder.head
