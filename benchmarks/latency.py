@@ -11,7 +11,7 @@ over many calls, against its floor: onnxruntime's own `InferenceSession.run` on 
 same feeds (what a loop with no work of its own would pay).
 
 Runs on whatever `edgeseq` is importable, so the same script measures an older checkout (PYTHONPATH).
-speed.py runs it for its small-model workloads.
+(speed.py times the demo LSTM over 64 tokens; this script is the one-short-source view of it.)
 """
 
 from __future__ import annotations
