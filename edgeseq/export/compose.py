@@ -104,7 +104,7 @@ def import_graph(
     initializers (`initializers`: their lifted names). With `outputs`, only the nodes those outputs need
     are copied. Returns each graph output's name in the copy."""
     nodes = list(graph.node) if outputs is None else _needed(graph, outputs)
-    needed = {x for n in nodes for x in _reads(n)}
+    needed = {x for n in nodes for x in reads(n)}
     missing = [i.name for i in graph.input if i.name not in inputs and i.name not in initializers and i.name in needed]
     if missing:
         raise ValueError(f"graph {graph.name}: no value for inputs {missing}")
@@ -127,17 +127,17 @@ def _needed(graph: onnx.GraphProto, outputs: Sequence[str]) -> list[onnx.NodePro
         if i in keep:
             continue
         keep.add(i)
-        todo += [producer[x] for x in _reads(graph.node[i]) if x in producer]
+        todo += [producer[x] for x in reads(graph.node[i]) if x in producer]
     return [n for i, n in enumerate(graph.node) if i in keep]
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
+def reads(node: onnx.NodeProto) -> set[str]:
     """A node's inputs and what its subgraphs read (outer names among them)."""
     names = set(node.input)
     for a in node.attribute:
         for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
             for n in g.node:
-                names |= _reads(n)
+                names |= reads(n)
     return names
 
 

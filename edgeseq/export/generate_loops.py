@@ -102,6 +102,7 @@ class Loop:
         self.it, self.cond = f"{name}.it", f"{name}.cond"
         self.initial: dict[str, str] = {}
         self.types: dict[str, int] = {}
+        self._rules: tuple[str, str] | None = None  # this iteration's forced flag and bias row (scores)
 
     def carry(self, key: str, initial: str, elem: int) -> str:
         """A value carried from one iteration to the next; returns its name inside the body."""
@@ -149,8 +150,11 @@ class Loop:
         the bans and the minimum length (-inf at </s>), or where a token is forced, 0 at that token and -inf
         elsewhere whatever `x` is (HF's ForcedBOS/ForcedEOS)."""
         b, s, it = self.b, self.s, self.it
-        row = b.op("Gather", [s["rows"], b.op("Gather", [s["kind"], it], axis=0)], axis=0)
-        return b.op("Where", [b.op("Gather", [s["forced"], it], axis=0), row, b.op("Add", [x, row])])
+        if self._rules is None:  # looked up once per iteration, whichever strategies read them
+            row = b.op("Gather", [s["rows"], b.op("Gather", [s["kind"], it], axis=0)], axis=0)
+            self._rules = (b.op("Gather", [s["forced"], it], axis=0), row)
+        forced, row = self._rules
+        return b.op("Where", [forced, row, b.op("Add", [x, row])])
 
     def close(self, new: dict[str, str], going: str) -> dict[str, str]:
         """Add the Loop node (at most `trips` iterations, while `going`); returns the final values outside."""
@@ -261,9 +265,3 @@ def context_type(p: Parts, name: str) -> int:
             if t.name == name:
                 return elem_type(t.dtype)
     raise KeyError(name)
-
-
-def branch(b: Nodes, name: str, outputs: list[str]) -> onnx.GraphProto:
-    """An If branch with generate.onnx's three outputs (tokens, lengths, scores)."""
-    named = [b.identity(x, f"{name}.{o}") for x, o in zip(outputs, ("tokens", "lengths", "scores"))]
-    return helper.make_graph(b.nodes, name, [], [value(x, t) for x, t in zip(named, (INT, INT, FLOAT))])

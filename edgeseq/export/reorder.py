@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgeseq.bundle import DecoderSpec, GraphSpec, TensorSpec
+from edgeseq.export.compose import reads
 
 ROWS = "state_rows"
 PREVIOUS = "previous_"  # + the model's symbol for a state input's batch axis: the rows of the previous step
@@ -70,7 +71,7 @@ def add_reorder(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[Grap
         gather = helper.make_node(
             "Gather", [st.input, ROWS], [moved], name=f"{PREFIX}gather.{st.input}", axis=st.batch_axis
         )
-        first = next(i for i, n in enumerate(g.node) if moved in _reads(n))
+        first = next(i for i, n in enumerate(g.node) if moved in reads(n))
         g.node.insert(first, gather)
     g.input.append(helper.make_tensor_value_info(ROWS, TensorProto.INT64, ["state_rows"]))
     onnx.save(model, str(path))
@@ -87,13 +88,3 @@ def add_reorder(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[Grap
     )
     spec = dataclasses.replace(spec, inputs=(*inputs, TensorSpec(ROWS, "int64", ("state_rows",))))
     return spec, dataclasses.replace(decoder, reorder_input=ROWS, reorder_every_step=True)
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """A node's inputs and what its subgraphs read."""
-    names = set(node.input)
-    for a in node.attribute:
-        for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-            for n in sub.node:
-                names |= _reads(n)
-    return names
