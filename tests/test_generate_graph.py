@@ -6,6 +6,7 @@ The reference is the Python loop (runtime/loop.py), itself tested against PyTorc
 and a padded batch.
 """
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -174,16 +175,20 @@ def test_rules_the_loop_has(bundles, family):
     m = bundle.manifest
     banned = sorted({m.special_tokens.get("pad", 0), 5, 7} - {m.special_tokens["eos"]})
     gen = Generator(replace(bundle, manifest=replace(m, banned_tokens=tuple(banned))), engine="loop")  # more bans
-    sources = sources_for(gen, 4)
-    for options in (
-        DecodingOptions(max_new_tokens=8, min_new_tokens=6),
-        DecodingOptions(max_new_tokens=6, forced_eos=True),
-        DecodingOptions(max_new_tokens=9, beam_size=3, nbest=3, length_penalty=0.6),
-        DecodingOptions(max_new_tokens=9, beam_size=3, nbest=3, early_stopping=True, min_new_tokens=3),
-        DecodingOptions(max_new_tokens=7, beam_size=2, nbest=2, forced_eos=True, length_penalty=1.4),
+    batch = sources_for(gen, 4)
+    for options, sources in itertools.product(
+        (
+            DecodingOptions(max_new_tokens=8, min_new_tokens=6),
+            DecodingOptions(max_new_tokens=6, forced_eos=True),
+            DecodingOptions(max_new_tokens=9, beam_size=3, nbest=3, length_penalty=0.6),
+            DecodingOptions(max_new_tokens=9, beam_size=3, nbest=3, early_stopping=True, min_new_tokens=3),
+            DecodingOptions(max_new_tokens=7, beam_size=2, nbest=2, forced_eos=True, length_penalty=1.4),
+        ),
+        (batch, batch[1:2]),  # (one source: greedy decoding has a Loop of its own for it in small models)
     ):
         want = loop_hypotheses(gen, sources, options)
         got = run_plain(gen.bundle.path, plain_feeds(gen, sources, options))
+        assert len(got) == len(want)
         for w, g in zip(want, got):
             assert [h[0] for h in g[: len(w)]] == [h[0] for h in w], options
             np.testing.assert_allclose([h[1] for h in g[: len(w)]], [h[1] for h in w], rtol=1e-5, atol=1e-6)
@@ -201,7 +206,7 @@ def test_one_loop_for_both_strategies(bundles, family, tmp_path, monkeypatch):
             n.op_type == "Loop" for n in onnx.load(str(folder / "generate.onnx"), load_external_data=False).graph.node
         )
 
-    assert loops(bundles[family]["fp32"]) == 2
+    assert loops(bundles[family]["fp32"]) == 3  # greedy for one source, greedy, beam search
     for precision in ("fp32", "int8"):
         folder = tmp_path / precision
         shutil.copytree(bundles[family][precision], folder)

@@ -50,6 +50,17 @@ class Nodes:
         self.nodes.append(helper.make_node("Identity", [x], [out], name=self.name("identity")))
         return out
 
+    def outputs(self, values: Sequence[str], names: Sequence[str]) -> list[str]:
+        """Names for `values` as this body's outputs: a value one of its nodes computes is an output as it
+        is, the first time; any other (a body input, an outer value, a repeat) goes through an Identity
+        named from `names`. Inside a Loop an Identity runs every iteration (about a microsecond each)."""
+        made = {o for n in self.nodes for o in n.output}
+        out, used = [], set()
+        for x, name in zip(values, names, strict=True):
+            out.append(x if x in made and x not in used else self.identity(x, name))
+            used.add(out[-1])
+        return out
+
 
 def value(name: str, elem_type: int) -> onnx.ValueInfoProto:
     """A value of a tensor type and unknown shape (subgraph inputs and outputs)."""
@@ -102,8 +113,11 @@ def import_graph(
 ) -> dict[str, str]:
     """Copy `graph`'s nodes into `into`, every name prefixed, except its inputs (wired to `inputs`) and its
     initializers (`initializers`: their lifted names). With `outputs`, only the nodes those outputs need
-    are copied. Returns each graph output's name in the copy."""
-    nodes = list(graph.node) if outputs is None else _needed(graph, outputs)
+    are copied. `inputs` may also wire values that nodes of `graph` compute: those nodes are left out.
+    Returns each graph output's name in the copy."""
+    nodes = [n for n in graph.node if not set(n.output) <= inputs.keys()]
+    if outputs is not None:
+        nodes = _needed(nodes, outputs)
     needed = {x for n in nodes for x in reads(n)}
     missing = [i.name for i in graph.input if i.name not in inputs and i.name not in initializers and i.name in needed]
     if missing:
@@ -118,17 +132,17 @@ def import_graph(
     return {o.name: rename(o.name) for o in graph.output}
 
 
-def _needed(graph: onnx.GraphProto, outputs: Sequence[str]) -> list[onnx.NodeProto]:
+def _needed(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
     """The nodes that `outputs` depend on, in graph order."""
-    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
     keep, todo = set(), [producer[o] for o in outputs if o in producer]
     while todo:
         i = todo.pop()
         if i in keep:
             continue
         keep.add(i)
-        todo += [producer[x] for x in reads(graph.node[i]) if x in producer]
-    return [n for i, n in enumerate(graph.node) if i in keep]
+        todo += [producer[x] for x in reads(nodes[i]) if x in producer]
+    return [n for i, n in enumerate(nodes) if i in keep]
 
 
 def reads(node: onnx.NodeProto) -> set[str]:

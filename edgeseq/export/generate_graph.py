@@ -2,8 +2,9 @@
 
 The encoder and attention graphs run once; then an ONNX `Loop` runs the decoder step, its states carried
 from one iteration to the next by the manifest's state pairs (reordered along their batch axes for beam
-search). Greedy decoding and beam search are the two branches of an `If` on `beam_size`; both follow the
-Python runtime's rules exactly (runtime/search.py): the same bans and minimum length (-inf at banned ids and,
+search). Small models have a Loop for each of greedy decoding of one source, of a batch, and beam search
+(those not asked run no iteration); larger ones one Loop choosing by an `If` on `beam_size` (decode()).
+All follow the Python runtime's rules exactly (runtime/search.py): the same bans and minimum length (-inf at banned ids and,
 before `min_new_tokens`, at </s>), forced BOS/EOS tokens scoring 0, rows with no allowed token ending with
 </s> and a score of -inf, and Hugging Face's beam search (2 x beam candidates, finished hypotheses among the
 top `beam`, scores divided by length ** length_penalty, early stopping or the attainable-score test). The
@@ -49,6 +50,7 @@ from edgeseq.export.generate_loops import (
     greedy_fixed,
     greedy_outputs,
     greedy_select,
+    greedy_single,
     shared_values,
     zeros_state,
 )
@@ -141,25 +143,37 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
     is_beam = main.op("Greater", ["beam_size", main.const(1, np.int64)])
     shared["beam"] = main.op("Max", ["beam_size", main.const(1, np.int64)])  # beams per source (1: greedy)
     ctx = parts.encode(main)
-    if _weights_bytes(store) <= SEPARATE_LOOPS_WEIGHTS:  # a Loop per strategy, the other runs no iteration
-        none = main.const(0, np.int64)
+    if _weights_bytes(store) <= SEPARATE_LOOPS_WEIGHTS:
+        # a Loop per strategy, and one for greedy decoding of a single source; the others run no iteration
+        none, limit, greedy_s = main.const(0, np.int64), shared["limit"], {**shared, "beam": main.const(1, np.int64)}
+        single = main.op("Equal", [main.op("Squeeze", [first_dim(main, "src_ids")]), main.const(1, np.int64)])
+        alone = main.op("And", [single, main.op("Not", [is_beam])])
+        trips = lambda take: main.op("Where", [take, limit, none])  # noqa: E731
+        one = decode(parts, greedy_s, main, ctx, ("greedy",), trips(alone), single=True)
         greedy = decode(
-            parts,
-            {**shared, "beam": main.const(1, np.int64)},
-            main,
-            ctx,
-            ("greedy",),
-            main.op("Where", [is_beam, none, shared["limit"]]),
+            parts, greedy_s, main, ctx, ("greedy",), trips(main.op("Not", [main.op("Or", [is_beam, single])]))
         )
-        beam = decode(parts, shared, main, ctx, ("beam",), main.op("Where", [is_beam, shared["limit"], none]))
+        beam = decode(parts, shared, main, ctx, ("beam",), trips(is_beam))
+        greedy_branch = _pick(
+            main,
+            "greedy",
+            lambda b: b.op(
+                "If",
+                [single],
+                len(OUTPUTS),
+                then_branch=_pick(b, "one", lambda c: greedy_outputs(c, one)),
+                else_branch=_pick(b, "many", lambda c: greedy_outputs(c, greedy)),
+            ),
+        )
     else:
         greedy = beam = decode(parts, shared, main, ctx, ("greedy", "beam"), shared["limit"], is_beam)
+        greedy_branch = _pick(main, "greedy", lambda b: greedy_outputs(b, greedy))
     main.op(
         "If",
         [is_beam],
         [t.name for t in OUTPUTS],
         then_branch=_pick(main, "beam", lambda b: beam_outputs(b, shared, beam)),
-        else_branch=_pick(main, "greedy", lambda b: greedy_outputs(b, greedy)),
+        else_branch=greedy_branch,
     )
     inputs = input_specs(m)
     graph = helper.make_graph(
@@ -186,6 +200,7 @@ def decode(
     strategies: tuple[str, ...],
     trips: str,
     is_beam: str | None = None,
+    single: bool = False,
 ) -> dict[str, str]:
     """A decoding Loop in the main graph `o` (at most `trips` iterations): the decoder step, then the next
     tokens chosen by each of `strategies` ("greedy", "beam"; with both, the two branches of an If on
@@ -198,6 +213,9 @@ def decode(
     Runtime does not repack weights there (10-30x slower steps). Every value read from inside a subgraph is
     a body input or computed in the body from the logits (never the step's own outputs): ONNX Runtime's QDQ
     propagation fails on a Dequantize output read from a subgraph.
+
+    `single`: greedy decoding of one source (the latency case): its row never leaves, so the body gathers
+    nothing and scatters nothing (generate_loops.greedy_single), ~10 fewer nodes a token.
     """
     d = p.manifest.decoder
     i64 = lambda x: o.const(x, np.int64)  # noqa: E731
@@ -218,9 +236,16 @@ def decode(
     # the context one row per source, carried unchanged (free: the body passes it on); per step the rows
     # of the previous step each row continues (states) and each row's source (context)
     context = {k: loop.carry(f"ctx:{k}", ctx[k], context_type(p, k)) for k in p.step_context}
+    carry = {"greedy": lambda: greedy_carry(loop, o, n), "beam": lambda: beam_carry(loop, o, s, n)}
+    if single:
+        own = greedy_carry(loop, o, n)
+        out = loop.step(tok, states, context, None, None)
+        new = greedy_single(loop.b, p, own, loop.scores(out[d.logits_output]))
+        going = new.pop("going")
+        new |= {f"state:{st.input}": out[st.output] for st in d.states}
+        return loop.close({**new, **{f"ctx:{k}": context[k] for k in p.step_context}}, going)
     state_rows = loop.carry("rows", o.op("Range", [i64(0), o.op("Squeeze", [rows]), i64(1)]), INT)
     sources = loop.carry("src", rep, INT)
-    carry = {"greedy": lambda: greedy_carry(loop, o, n), "beam": lambda: beam_carry(loop, o, s, n)}
     own = {name: carry[name]() for name in strategies}
     out = loop.step(tok, states, context, state_rows, sources)
     logits, b = out[d.logits_output], loop.b
@@ -245,7 +270,9 @@ def decode(
             # the other strategy's values are left empty, not passed on: ONNX Runtime copies a value an If
             # passes through (~2 us a value and step for the demo model, 17 us in all)
             nb = nodes[name]
-            outs = [nb.identity(new.get(k) or _empty(nb, types[k]), nb.name(f"{name}.{k}")) for k in keys]
+            outs = nb.outputs(
+                [new.get(k) or _empty(nb, types[k]) for k in keys], [nb.name(f"{name}.{k}") for k in keys]
+            )
             branches[name] = helper.make_graph(
                 nb.nodes, f"choose_{name}", [], [value(x, types[k]) for x, k in zip(outs, keys)]
             )
@@ -287,7 +314,7 @@ def _pick(b: Nodes, name: str, outputs) -> onnx.GraphProto:
     """An If branch giving one strategy's three outputs (tokens, lengths, scores) as generate.onnx's, made
     by `outputs` (a function of the branch's Nodes) from the loop's final values."""
     picked = Nodes(f"{name}.pick/", b.opset)
-    named = [picked.identity(x, f"{name}.{o.name}") for x, o in zip(outputs(picked), OUTPUTS)]
+    named = picked.outputs(outputs(picked), [f"{name}.{o.name}" for o in OUTPUTS])
     return helper.make_graph(
         picked.nodes,
         f"pick_{name}",

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseq.bundle import Manifest
-from edgeseq.export.compose import Nodes, elem_type, import_graph, scalar, value
+from edgeseq.export.compose import Nodes, elem_type, import_graph, reads, scalar, value
 
 INT, FLOAT, DOUBLE, BOOL = TensorProto.INT64, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BOOL
 
@@ -114,7 +114,7 @@ class Loop:
         return f"{self.name}.in.{key}"
 
     def step(
-        self, tokens: str, states: dict[str, str], context: dict[str, str], rows: str, sources: str
+        self, tokens: str, states: dict[str, str], context: dict[str, str], rows: str | None, sources: str | None
     ) -> dict[str, str]:
         """The decoder step's nodes in the body, fed by step input name; returns its outputs by name.
 
@@ -126,22 +126,31 @@ class Loop:
         (export/reorder.py: `state_rows` is fed `rows`; in bundles made before reorder_every_step its If
         then always gathers).
 
+        Both None: every row continues itself and reads its own row of `context` (one source, which ends
+        the loop when it ends): nothing is gathered, and the step's own reorder Gathers are left out.
+
         Every value a subgraph reads here is a body input: ONNX Runtime's QDQ propagation (static int8)
         fails on a Dequantize output read from inside a subgraph. For the same reason the step's own head
         (export/head.py) is left out: the loops choose from the logits themselves.
         """
         d, p, b = self.p.manifest.decoder, self.p, self.b
-        feeds = {k: b.op("Gather", [v, sources], axis=p.axes[k]) for k, v in context.items()}
-        if d.reorder_input:  # the step gathers its states itself (given rows, so in either form of reorder.py)
-            feeds |= {**states, d.reorder_input: rows}
+        if sources is None:
+            feeds = dict(context)
+        else:
+            feeds = {k: b.op("Gather", [v, sources], axis=p.axes[k]) for k, v in context.items()}
+        direct = _reorder_gathers(p.step, d, states) if rows is None else None
+        if direct is not None:  # the states as they are, in place of the step's Gathers
+            feeds |= direct
+        elif d.reorder_input:  # the step gathers its states itself (given rows, so in either form of reorder.py)
+            feeds |= {**states, d.reorder_input: b.const([0], np.int64) if rows is None else rows}
         else:
             batch_axis = {st.input: st.batch_axis for st in d.states}
             feeds |= {k: b.op("Gather", [v, rows], axis=batch_axis[k]) for k, v in states.items()}
         feeds[d.tokens_input] = tokens
         if d.step_input:
             feeds[d.step_input] = self.it
-        inputs = {i.name for i in p.step.input}
-        wired = {k: v for k, v in feeds.items() if k in inputs}
+        known = {i.name for i in p.step.input} | {o for n in p.step.node for o in n.output}
+        wired = {k: v for k, v in feeds.items() if k in known}
         wanted = [d.logits_output, *(st.output for st in d.states)]
         return import_graph(p.step, b, f"{self.name}/step/", wired, p.step_inits, outputs=wanted)
 
@@ -159,7 +168,9 @@ class Loop:
     def close(self, new: dict[str, str], going: str) -> dict[str, str]:
         """Add the Loop node (at most `trips` iterations, while `going`); returns the final values outside."""
         b, keys = self.b, list(self.initial)
-        outs = [b.identity(going, f"{self.name}.going")] + [b.identity(new[k], f"{self.name}.out.{k}") for k in keys]
+        outs = b.outputs(
+            [going, *(new[k] for k in keys)], [f"{self.name}.going", *(f"{self.name}.out.{k}" for k in keys)]
+        )
         body = helper.make_graph(
             b.nodes,
             f"{self.name}_step",
@@ -173,6 +184,23 @@ class Loop:
         o = self.outer
         final = o.op("Loop", [self.trips, o.const(True, np.bool_), *self.initial.values()], len(keys), body=body)
         return dict(zip(keys, final if isinstance(final, list) else [final]))
+
+
+def _reorder_gathers(step: onnx.GraphProto, d, states: dict[str, str]) -> dict[str, str] | None:
+    """For a step whose rows do not change, what to wire in place of its states' reorder: each reorder
+    Gather's output (export/reorder.py, the form made since reorder_every_step) the state as it is, or for a
+    step without a reorder the states themselves; None where the step reads its rows in any other way (then
+    the rows are fed)."""
+    if not d.reorder_input:
+        return dict(states)
+    if not d.reorder_every_step:
+        return None
+    readers = [n for n in step.node if d.reorder_input in reads(n)]
+    if not all(n.op_type == "Gather" and list(n.input) == [n.input[0], d.reorder_input] for n in readers):
+        return None
+    if not all(n.input[0] in states for n in readers):
+        return None
+    return {n.output[0]: states[n.input[0]] for n in readers}
 
 
 def filled(b: Nodes, dims: list[str], fill, dtype) -> str:
@@ -243,9 +271,39 @@ def greedy_select(
         "tok": b.op("Gather", [chosen, kept], axis=0),
         "rows": kept,
         "hist": b.op("Concat", [c["hist"], b.op("Unsqueeze", [column, b.const([1], np.int64)])], axis=1),
-        "score": b.op("Add", [c["score"], b.op("ScatterElements", [fixed["zeros_f"], alive, gain], axis=0)]),
-        "length": b.op("Add", [c["length"], b.op("ScatterElements", [fixed["zeros"], alive, emitted], axis=0)]),
+        "score": scatter_add(b, c["score"], alive, gain, fixed["zeros_f"]),
+        "length": scatter_add(b, c["length"], alive, emitted, fixed["zeros"]),
     }
+
+
+def greedy_single(b: Nodes, p: Parts, c: dict[str, str], scores: str) -> dict[str, str]:
+    """greedy_select for one source: its row never leaves the batch (the loop ends when it chooses </s>),
+    so nothing is scattered or gathered. The same choice, score and length as greedy_select."""
+    eos_id = b.const(p.eos, np.int64)
+    ninf = b.const(np.array(-np.inf, np.float32))
+    chosen = b.op("ArgMax", [scores], axis=-1, keepdims=0)
+    gain = b.reduce("ReduceMax", b.op("LogSoftmax", [scores], axis=-1), [-1])
+    dead = b.op("Not", [b.op("Greater", [gain, ninf])])
+    chosen = b.op("Where", [dead, eos_id, chosen])
+    ends = b.op("Equal", [chosen, eos_id])
+    goes = b.op("Not", [ends])
+    column = b.op("Where", [ends, b.const(p.pad, np.int64), chosen])
+    gain = b.op("Cast", [b.op("Where", [dead, ninf, gain])], to=DOUBLE)
+    return {
+        "going": b.op("Squeeze", [goes, b.const([0], np.int64)]),
+        "tok": chosen,
+        "hist": b.op("Concat", [c["hist"], b.op("Unsqueeze", [column, b.const([1], np.int64)])], axis=1),
+        "score": b.op("Add", [c["score"], gain]),
+        "length": b.op("Add", [c["length"], b.op("Cast", [goes], to=INT)]),
+    }
+
+
+def scatter_add(b: Nodes, x: str, at: str, values: str, zeros: str) -> str:
+    """`x` (n,) plus `values` at the (distinct) indices `at`: one ScatterElements from opset 16 (its
+    reduction), before that a scatter into `zeros` (n,) and an Add."""
+    if b.opset >= 16:
+        return b.op("ScatterElements", [x, at, values], axis=0, reduction="add")
+    return b.op("Add", [x, b.op("ScatterElements", [zeros, at, values], axis=0)])
 
 
 def greedy_outputs(o: Nodes, final: dict[str, str]) -> list[str]:

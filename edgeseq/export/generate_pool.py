@@ -76,8 +76,9 @@ def offer(b: Nodes, K: str, pool: dict[str, str], cand: dict[str, str]) -> dict[
     )
     new["tokens"] = inner.op("GatherElements", [union_t, order_t], axis=1)
     types = {"score": DOUBLE, "length": INT, "tokens": INT, "count": INT}
-    outs = [inner.identity(inner.const(True, np.bool_), inner.name("going"))]
-    outs += [inner.identity(new[k], inner.name(f"out.{k}")) for k in KEYS]
+    outs = inner.outputs(
+        [inner.const(True, np.bool_), *(new[k] for k in KEYS)], [inner.name(x) for x in ("going", *KEYS)]
+    )
     body = helper.make_graph(
         inner.nodes,
         "offer_candidates",
