@@ -3,13 +3,14 @@
 The encoder and attention graphs run once; then an ONNX `Loop` runs the decoder step, its states carried
 from one iteration to the next by the manifest's state pairs (reordered along their batch axes for beam
 search). Small models have a Loop for each of greedy decoding of one source, of a batch, and beam search
-(those not asked run no iteration); larger ones one Loop choosing by an `If` on `beam_size` (decode()).
-All follow the Python runtime's rules exactly (runtime/search.py): the same bans and minimum length (-inf
-at banned ids and, before `min_new_tokens`, at </s>), forced BOS/EOS tokens scoring 0, rows with no allowed token ending with
-</s> and a score of -inf, and Hugging Face's beam search (2 x beam candidates, finished hypotheses among the
-top `beam`, scores divided by length ** length_penalty, early stopping or the attainable-score test). The
-operators are standard ONNX (the bundle's own graphs aside), so every ONNX Runtime build runs it,
-onnxruntime-web included. Weights are read from the bundle's weights.bin, as by the other graphs.
+(those not asked run no iteration); larger ones one Loop choosing by an `If` on `beam_size` (decode()). All
+follow the Python runtime's rules exactly (runtime/search.py): the same bans and minimum length (-inf at
+banned ids and, before `min_new_tokens`, at </s>), forced BOS/EOS tokens scoring 0, rows with no allowed
+token ending with </s> and a score of -inf, and Hugging Face's beam search (2 x beam candidates, finished
+hypotheses among the top `beam`, scores divided by length ** length_penalty, early stopping or the
+attainable-score test). The operators are standard ONNX (the bundle's own graphs aside), so every ONNX
+Runtime build runs it, onnxruntime-web included. Weights are read from the bundle's weights.bin, as by the
+other graphs.
 
 Inputs (`defaults` gives the values a bundle decodes with when a caller has no others):
     src_ids (batch, src_len) int64, src_mask (batch, src_len): framed, padded sources, as the encoder takes
