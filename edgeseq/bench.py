@@ -50,9 +50,9 @@ class _Timed:
         self.context_s = time.perf_counter() - t
         return out
 
-    def step(self, feeds, request=None):
+    def step(self, feeds, request=None, **kw):
         t = time.perf_counter()
-        out = self.backend.step(feeds, request)
+        out = self.backend.step(feeds, request, **kw)
         self.steps.append(time.perf_counter() - t)
         return out
 

@@ -15,7 +15,7 @@ from edgeseq.runtime import Generator as AnyEngine
 from edgeseq.runtime.binding import DeviceTensor
 from edgeseq.runtime.loop import Decoding
 from edgeseq.runtime.processors import log_softmax
-from edgeseq.runtime.step import BEAM, GREEDY, REORDER, HeadRequest
+from edgeseq.runtime.step import BEAM, GREEDY, INPLACE, REORDER, HeadRequest
 from tests.conftest import mixed_sources, tiny_rnn, vocabs
 from tests.test_transformer import tiny_transformer
 
@@ -68,7 +68,7 @@ def test_step_graph_declares_the_head(bundles):
     onnx.checker.check_model(model, full_check=True)
     assert {o.name for o in model.graph.output} >= {"logits", "head_scores", "head_ids"}
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)  # standard operators only
-    assert gen.backend.offers == {GREEDY, BEAM, REORDER}
+    assert gen.backend.offers == {GREEDY, BEAM, REORDER, INPLACE}
 
 
 @pytest.mark.parametrize("family", ["lstm", "transformer"])

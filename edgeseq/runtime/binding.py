@@ -13,7 +13,7 @@ binding logic is tested on machines without a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -86,3 +86,45 @@ class BoundSession:
         for name, value in zip(self.graph.output_names, binding.get_outputs()):
             out[name] = DeviceTensor(value, self.device, self.device_id) if name in self.keep else _host_copy(value)
         return out
+
+
+class Outputs(Mapping):
+    """A run's outputs by name: the arrays written where the caller asked, and the others copied out of ONNX
+    Runtime's memory when first read (never, for logits a step's head has chosen from already). A copy: on
+    CPU memory OrtValue.numpy() is a view that does not keep the OrtValue alive."""
+
+    def __init__(self, written: dict[str, np.ndarray], values: dict[str, ort.OrtValue]) -> None:
+        self.arrays, self.values = dict(written), values
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            self.arrays[name] = _host_copy(self.values[name])
+        return self.arrays[name]
+
+    def __iter__(self):
+        return iter([*self.arrays.keys() - self.values.keys(), *self.values])
+
+    def __len__(self) -> int:
+        return len(self.arrays.keys() | self.values.keys())
+
+
+def run_into(graph: GraphSession, feeds: dict[str, np.ndarray], into: dict[str, np.ndarray]) -> Outputs:
+    """Run a CPU graph writing the outputs named in `into` into those arrays (C-contiguous, of the output's
+    exact shape and dtype; they may share memory with an input only where the graph reads that input in full
+    before writing the output: runtime/inplace.py); the other outputs as ONNX Runtime allocates them."""
+    binding = graph.session.io_binding()
+    for name in graph.input_names:
+        binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+    names = [*into, *(n for n in graph.output_names if n not in into)]
+    for name in names:
+        if name in into:
+            array = into[name]
+            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        else:
+            binding.bind_output(name, "cpu")
+    try:
+        graph.session.run_with_iobinding(binding)
+    except Exception as e:  # onnxruntime's own exception types
+        raise run_error(graph.name, graph.spec.file, e) from None
+    values = dict(zip(names, binding.get_outputs()))
+    return Outputs(into, {k: v for k, v in values.items() if k not in into})

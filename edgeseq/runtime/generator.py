@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
-from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor
+from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor, run_into
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.graph_engine import GraphEngine, graph_problems
 from edgeseq.runtime.lines import Batching, LineResult, translate_lines
@@ -19,7 +19,7 @@ from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, check_file_io, check_provider, resolve_providers
-from edgeseq.runtime.step import BEAM, GREEDY, REORDER, HeadRequest
+from edgeseq.runtime.step import BEAM, GREEDY, INPLACE, REORDER, HeadRequest
 
 HEAD_MODES = {  # the step graph's head_mode input (export/head.py)
     None: np.array(0, dtype=np.int64),
@@ -76,7 +76,9 @@ class OrtBackend:
     attention outputs, the source, the decoder states and cache) in the provider's memory. With the step
     graph's head (export/head.py; `use_head=False` leaves it unused), greedy decoding reads only each row's
     token id and log-probability and beam search only each source's best continuations; the logits stay
-    where they are unless a strategy asks for them. See runtime/binding.py.
+    where they are unless a strategy asks for them. See runtime/binding.py. `inplace_states` (on the CPU,
+    bundles made since reorder_every_step) lets the loop write each step's states over the previous ones
+    (runtime/inplace.py): one copy of the caches instead of two.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class OrtBackend:
         threads: int | None = None,
         io_binding: bool | None = None,
         use_head: bool = True,
+        inplace_states: bool = True,
     ) -> None:
         self.providers = resolve_providers(provider)
         self.sessions = {
@@ -118,11 +121,13 @@ class OrtBackend:
         # none), or in bundles made before reorder_every_step, empty for none
         self.every_row = dec.reorder_input if dec.reorder_every_step else None
         if dec.reorder_input:
-            self.offers |= {REORDER} if use_head else set()
+            inplace = {INPLACE} if self.every_row and inplace_states else set()
+            self.offers |= {REORDER, *inplace} if use_head else set()
             if not self.every_row:
                 self.idle = {**self.idle, dec.reorder_input: np.zeros(0, dtype=np.int64)}
         self.bound: dict[str, BoundSession] | None = None
         if io_binding if io_binding is not None else self.device != "cpu":
+            self.offers -= {INPLACE}
             # with a head, the logits stay on the device unless a strategy asks for them
             host_outputs = {dec.alignment_output, dec.head_token_output, dec.head_logprob_output}
             if dec.head is not None:
@@ -148,13 +153,25 @@ class OrtBackend:
         return out
 
     def step(
-        self, feeds: dict[str, np.ndarray | DeviceTensor], request: HeadRequest | None = None
+        self,
+        feeds: dict[str, np.ndarray | DeviceTensor],
+        request: HeadRequest | None = None,
+        into: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray | DeviceTensor]:
-        """One decoder step; `request` asks the head to choose (runtime/step.py), else it computes nothing."""
+        """One decoder step; `request` asks the head to choose (runtime/step.py), else it computes nothing;
+        `into`: arrays to write these outputs into (the states, in place: runtime/inplace.py)."""
         feeds = self.step_feeds(feeds, request)
-        if self.bound is None:
-            return self.sessions["decoder_step"].run(feeds)
-        return self.bound["decoder_step"].run(feeds)
+        if self.bound is not None:
+            return self.bound["decoder_step"].run(feeds)
+        if into:
+            try:
+                return run_into(self.sessions["decoder_step"], feeds, into)
+            except BundleError as e:
+                raise BundleError(
+                    f"{e}; a state changed shape otherwise than in the first steps, after the states it had "
+                    "written in place: decode this model with Generator(..., inplace_states=False)"
+                ) from None
+        return self.sessions["decoder_step"].run(feeds)
 
     def step_feeds(self, feeds: dict, request: HeadRequest | None = None) -> dict:
         """The loop's feeds with what it leaves out: the head's (idle unless `request`), and the rows to
@@ -243,12 +260,13 @@ class Generator:
         io_binding: bool | None = None,
         use_head: bool = True,
         engine: str = "auto",
+        inplace_states: bool = True,
     ) -> None:
         if engine not in ENGINES:
             raise OptionsError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.engine = engine
-        self._loop_args = (provider, threads, io_binding, use_head)
+        self._loop_args = (provider, threads, io_binding, use_head, inplace_states)
         self._backend: OrtBackend | None = None
         self._graph: GraphEngine | None = None
         self._graph_args = (provider, threads)

@@ -17,9 +17,10 @@ import numpy as np
 from edgeseq.bundle import DecoderSpec, GraphSpec, StateSpec
 from edgeseq.errors import BundleError
 from edgeseq.runtime.batching import pad_batch
+from edgeseq.runtime.inplace import StateBuffers
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.search import Hypothesis, Strategy, make_strategy
-from edgeseq.runtime.step import REORDER, HeadRequest, StepOutput
+from edgeseq.runtime.step import INPLACE, REORDER, HeadRequest, StepOutput
 
 SOURCE_IDS, SOURCE_MASK = "src_ids", "src_mask"
 
@@ -102,6 +103,8 @@ class Decoding:
         self.step_inputs = [t.name for t in backend.step_graph.inputs]
         # the step graph gathers its states for the new rows itself (export/reorder.py): the loop feeds the rows
         self.reorder = spec.reorder_input if REORDER in backend.offers else None
+        # ... and may write them over its inputs' memory (runtime/inplace.py)
+        self.buffers = StateBuffers(spec.states, options.max_new_tokens) if INPLACE in backend.offers else None
         self.rows: dict[str, np.ndarray] = {}
         self._take(self.strategy.start_rows(), force=True)
 
@@ -137,7 +140,14 @@ class Decoding:
             if spec.step_input:
                 feeds[spec.step_input] = np.array(step, dtype=np.int64)
             request = strategy.request(step, backend.offers)
-            out = backend.step(feeds, request)
+            buffers = self.buffers
+            if buffers is not None and buffers.enabled:
+                into = buffers.outputs(self.state.states, len(feeds[spec.tokens_input]))
+                out = backend.step(feeds, request, into=into) if into else backend.step(feeds, request)
+            else:
+                out = backend.step(feeds, request)
+                if buffers is not None and step < 2:
+                    buffers.learn(self.state.states, out)
             result = StepOutput(
                 lambda out=out: out[spec.logits_output],
                 backend.chosen(out) if request is not None else None,

@@ -1,7 +1,8 @@
 """What a strategy asks of a decoder step, and what it gets back.
 
 A backend says what its step graph's head can compute (`offers`: "greedy", "beam"; export/head.py), and
-whether the step reorders its own states ("reorder": export/reorder.py). Before
+whether the step reorders its own states ("reorder": export/reorder.py) and may write them in place
+("inplace": runtime/inplace.py; then `step` takes `into`, the arrays to write them into). Before
 each step a strategy asks for one of those (`HeadRequest`) or for nothing (it reads the logits); after the
 step it gets a `StepOutput`: the head's choices when it asked for them, the logits otherwise (fetched only
 when read), and the attention weights.
@@ -16,6 +17,7 @@ import numpy as np
 
 GREEDY, BEAM = "greedy", "beam"
 REORDER = "reorder"  # the step graph carries its states to the next step's rows itself (export/reorder.py)
+INPLACE = "inplace"  # ... and may write its state outputs over their inputs' memory (runtime/inplace.py)
 
 
 @dataclass(frozen=True)
