@@ -155,6 +155,7 @@ class Decoding:
             )
             keep = strategy.update(step, result)
             self.state.states = {i: out[o] for i, o in pairs}
+            out = result = None  # the logits (rows x vocabulary) freed before the next step, not after it
             if keep is not None:
                 self._take(keep)
             yield self.strategy.emitted()
