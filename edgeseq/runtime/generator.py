@@ -14,6 +14,7 @@ from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
 from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor, run_into
 from edgeseq.runtime.bundle import Bundle, load_bundle
 from edgeseq.runtime.graph_engine import GraphEngine, graph_problems
+from edgeseq.runtime.inplace import BufferPool
 from edgeseq.runtime.lines import Batching, LineResult, translate_lines
 from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
@@ -125,6 +126,7 @@ class OrtBackend:
             self.offers |= {REORDER, *inplace} if use_head else set()
             if not self.every_row:
                 self.idle = {**self.idle, dec.reorder_input: np.zeros(0, dtype=np.int64)}
+        self.pool = BufferPool()  # the states' buffers, from one decode to the next (runtime/inplace.py)
         self.bound: dict[str, BoundSession] | None = None
         if io_binding if io_binding is not None else self.device != "cpu":
             self.offers -= {INPLACE}

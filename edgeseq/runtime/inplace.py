@@ -19,23 +19,58 @@ may be overwritten already: such a model decodes with `Generator(..., inplace_st
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 
 from edgeseq.bundle import StateSpec
 
-# below this many bytes of states (at their largest) a decode is not worth binding: the binding costs a few
-# microseconds per input and output a step, a tiny model's whole step costs ~40 us
-MIN_BYTES = 4 << 20
+
+class BufferPool:
+    """Buffers handed from one decode to the next (a file is translated as many decodes): their pages are
+    touched once, not again for every batch (a fresh buffer per batch cost ~4% of a file's time in page
+    faults). Thread-safe; a buffer is one decode's until it gives it back."""
+
+    def __init__(self) -> None:
+        self._free: list[np.ndarray] = []  # raw uint8 buffers, smallest first
+        self._lock = threading.Lock()
+
+    def take(self, size: int, dtype: np.dtype) -> np.ndarray:
+        """A flat array of `size` elements of `dtype` (its contents undefined)."""
+        nbytes = size * np.dtype(dtype).itemsize
+        with self._lock:
+            for i, raw in enumerate(self._free):
+                if raw.nbytes >= nbytes:
+                    del self._free[i]
+                    break
+            else:
+                raw = np.empty(nbytes, dtype=np.uint8)  # (no page is touched before a step writes it)
+        return raw[:nbytes].view(dtype)
+
+    def give(self, buffers: Sequence[np.ndarray]) -> None:
+        """Take back buffers from take() (nothing may use them any more). The pool keeps one decode's worth,
+        the largest: sources of other lengths must not pile up buffers of every size."""
+        with self._lock:
+            self._free += [b.base if b.base is not None else b for b in buffers]
+            self._free.sort(key=lambda raw: raw.nbytes)
+            del self._free[: max(0, len(self._free) - len(buffers))]
+
+
+# below this many bytes of states (at their largest) a decode keeps them in ONNX Runtime's arena: there the
+# two copies share memory with the step's other tensors, so writing them in place saves nothing (a file
+# greedy-decoded by a small Marian, 13 MB of states a batch: 263 -> 280 MB), and binding costs a few
+# microseconds per input and output a step (a tiny model's whole step is ~40 us). Above it, the caches are
+# the peak (beam 4 over 16 sources of a Marian base, 64 tokens: 100 MB of states).
+MIN_BYTES = 32 << 20
 
 
 class StateBuffers:
     """The buffers of one decode's states: `learn()` after each of the first two steps, then `outputs()`
     gives the arrays a step writes its states into (none until `enabled`)."""
 
-    def __init__(self, states: Sequence[StateSpec], steps: int) -> None:
-        self.states, self.steps = list(states), steps
+    def __init__(self, states: Sequence[StateSpec], steps: int, pool: BufferPool | None = None) -> None:
+        self.states, self.steps, self.pool = list(states), steps, pool or BufferPool()
         self.first: dict[str, tuple] | None = None  # what the first step showed, per state input
         self.growth: dict[str, tuple[tuple[int, ...], int | None]] = {}  # input: (largest shape, grow axis)
         self.buffers: dict[str, np.ndarray] = {}
@@ -92,9 +127,14 @@ class StateBuffers:
             if any(d > m for d, m in zip(shape, largest)):
                 continue
             buffer = self.buffers.get(s.input)
-            if buffer is None:  # (np.empty: no page is touched before a step writes it)
-                buffer = self.buffers[s.input] = np.empty(int(np.prod(largest)), dtype=state.dtype)
+            if buffer is None:
+                buffer = self.buffers[s.input] = self.pool.take(int(np.prod(largest)), state.dtype)
             if state.dtype != buffer.dtype:
                 continue
             into[s.output] = buffer[: int(np.prod(shape))].reshape(shape)
         return into
+
+    def release(self) -> None:
+        """The decode is over: its buffers go back to the pool."""
+        buffers, self.buffers, self.enabled = list(self.buffers.values()), {}, False
+        self.pool.give(buffers)

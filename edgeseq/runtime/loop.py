@@ -104,7 +104,9 @@ class Decoding:
         # the step graph gathers its states for the new rows itself (export/reorder.py): the loop feeds the rows
         self.reorder = spec.reorder_input if REORDER in backend.offers else None
         # ... and may write them over its inputs' memory (runtime/inplace.py)
-        self.buffers = StateBuffers(spec.states, options.max_new_tokens) if INPLACE in backend.offers else None
+        self.buffers = None
+        if INPLACE in backend.offers:  # (buffers from the backend's pool, where it has one)
+            self.buffers = StateBuffers(spec.states, options.max_new_tokens, getattr(backend, "pool", None))
         self.rows: dict[str, np.ndarray] = {}
         self._take(self.strategy.start_rows(), force=True)
 
@@ -131,6 +133,14 @@ class Decoding:
 
     def steps(self) -> Iterator[list[tuple[int, int]]]:
         """Run the decoder; after each step yield the (source, token) pairs decided at it."""
+        try:
+            yield from self._steps()
+        finally:  # done, failed or abandoned: the states' buffers go back to the pool
+            if self.buffers is not None:
+                self.state.states = {}
+                self.buffers.release()
+
+    def _steps(self) -> Iterator[list[tuple[int, int]]]:
         spec, strategy, backend = self.spec, self.strategy, self.backend
         pairs = [(s.input, s.output) for s in spec.states]
         alignment = spec.alignment_output if self.options.return_alignments else None
