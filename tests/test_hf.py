@@ -131,7 +131,7 @@ def test_marian_bundle_is_the_size_of_its_weights(tmp_path):
     )
     weights = (folder / "model.safetensors").stat().st_size
     assert (bundle / "weights.bin").stat().st_size <= 1.05 * weights
-    assert inline_tensor_bytes(bundle) <= 32 << 10  # no weights, small constants only
+    assert inline_tensor_bytes(bundle) <= 16 << 10  # the graphs (generate.onnx too) hold no weights
 
 
 def test_cli_export_and_generate_equal_the_transformers_pipeline(exported, tmp_path):

@@ -120,7 +120,7 @@ def test_bundle_holds_each_weight_once(tmp_path, share):
     state_bytes = sum(storages.values())
     weights = (tmp_path / "b" / "weights.bin").stat().st_size
     assert weights <= 1.05 * state_bytes, (weights, state_bytes)
-    assert inline_tensor_bytes(tmp_path / "b") <= 32 << 10  # no weights, small constants only
+    assert inline_tensor_bytes(tmp_path / "b") <= 16 << 10  # the graphs (generate.onnx too) hold no weights
 
 
 def test_max_new_tokens_beyond_positions_is_refused(reference_bundle):

@@ -23,6 +23,7 @@ class Nodes:
 
     def __init__(self, prefix: str, opset: int) -> None:
         self.prefix, self.opset, self.nodes = prefix, opset, []
+        self._consts: dict[tuple, str] = {}  # one Constant per distinct value in this body
 
     def name(self, hint: str) -> str:
         return f"{self.prefix}{hint}.{next(_ids)}"
@@ -36,9 +37,12 @@ class Nodes:
 
     def const(self, value, dtype=None) -> str:
         array = np.asarray(value, dtype=dtype)
-        out = self.name("const")
-        self.nodes.append(helper.make_node("Constant", [], [out], name=out, value=numpy_helper.from_array(array, out)))
-        return out
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            out = self._consts[key] = self.name("const")
+            tensor = numpy_helper.from_array(array, out)
+            self.nodes.append(helper.make_node("Constant", [], [out], name=out, value=tensor))
+        return self._consts[key]
 
     def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 0) -> str:
         """A Reduce* node in the form of this opset (axes as an input from 18, ReduceSum from 13)."""

@@ -239,31 +239,36 @@ def greedy_fixed(o: Nodes, p: Parts, n: str) -> dict[str, str]:
     }
 
 
-def greedy_select(
-    b: Nodes, p: Parts, c: dict[str, str], fixed: dict[str, str], scores: str, sources: str
-) -> dict[str, str]:
-    """One greedy step in `b`, from `scores` (rows, V): the logits with the iteration's rules applied
-    (Loop.scores); `fixed` is greedy_fixed(); `sources` (rows,) each row's source (greedy decoding has one
-    row per source, so these are the rows still decoding). As the head's greedy branch (export/head.py): the
+def greedy_choice(b: Nodes, p: Parts, scores: str) -> tuple[str, str, str, str]:
+    """Each row's greedy choice from `scores` (rows, V), as the head's greedy branch (export/head.py): the
     argmax and its log-probability (a forced token: 0); a row with no allowed token ends with </s> and
-    probability 0. A row that chooses </s> leaves the batch. Returns the new carried values (greedy's own,
-    tok, rows) and `going`.
-
-    Every node here runs once per token, and in ONNX Runtime each costs about a microsecond whatever its
-    size, so there are few, and no If (a value an If passes through unchanged is copied)."""
+    probability 0. Returns (the token, its log-probability as float64 (summed as a Python float, as the
+    loop's), whether it is </s>, the token as the history shows it: the target pad for </s>)."""
     eos_id = b.const(p.eos, np.int64)
-    alive = sources
     ninf = b.const(np.array(-np.inf, np.float32))
     chosen = b.op("ArgMax", [scores], axis=-1, keepdims=0)
     gain = b.reduce("ReduceMax", b.op("LogSoftmax", [scores], axis=-1), [-1])  # the argmax's log-probability
     dead = b.op("Not", [b.op("Greater", [gain, ninf])])  # -inf or NaN: no allowed token
     chosen = b.op("Where", [dead, eos_id, chosen])
     ends = b.op("Equal", [chosen, eos_id])
+    shown = b.op("Where", [ends, b.const(p.pad, np.int64), chosen])
+    return chosen, b.op("Cast", [b.op("Where", [dead, ninf, gain])], to=DOUBLE), ends, shown
+
+
+def greedy_select(
+    b: Nodes, p: Parts, c: dict[str, str], fixed: dict[str, str], scores: str, sources: str
+) -> dict[str, str]:
+    """One greedy step in `b`, from `scores` (rows, V): the logits with the iteration's rules applied
+    (Loop.scores); `fixed` is greedy_fixed(); `sources` (rows,) each row's source (greedy decoding has one
+    row per source, so these are the rows still decoding). The choice is greedy_choice's; a row that
+    chooses </s> leaves the batch. Returns the new carried values (greedy's own, tok, rows) and `going`.
+
+    Every node here runs once per token, and in ONNX Runtime each costs about a microsecond whatever its
+    size, so there are few, and no If (a value an If passes through unchanged is copied)."""
+    alive = sources
+    chosen, gain, ends, shown = greedy_choice(b, p, scores)
     emitted = b.op("Cast", [b.op("Not", [ends])], to=INT)
-    column = b.op(
-        "ScatterElements", [fixed["pads"], alive, b.op("Where", [ends, b.const(p.pad, np.int64), chosen])], axis=0
-    )
-    gain = b.op("Cast", [b.op("Where", [dead, ninf, gain])], to=DOUBLE)  # summed as a Python float, as the loop's
+    column = b.op("ScatterElements", [fixed["pads"], alive, shown], axis=0)
     going = b.reduce("ReduceMax", emitted, [0])
     kept = b.op("Reshape", [b.op("NonZero", [emitted]), b.const([-1], np.int64)])  # the rows that go on, in order
     return {
@@ -279,20 +284,12 @@ def greedy_select(
 def greedy_single(b: Nodes, p: Parts, c: dict[str, str], scores: str) -> dict[str, str]:
     """greedy_select for one source: its row never leaves the batch (the loop ends when it chooses </s>),
     so nothing is scattered or gathered. The same choice, score and length as greedy_select."""
-    eos_id = b.const(p.eos, np.int64)
-    ninf = b.const(np.array(-np.inf, np.float32))
-    chosen = b.op("ArgMax", [scores], axis=-1, keepdims=0)
-    gain = b.reduce("ReduceMax", b.op("LogSoftmax", [scores], axis=-1), [-1])
-    dead = b.op("Not", [b.op("Greater", [gain, ninf])])
-    chosen = b.op("Where", [dead, eos_id, chosen])
-    ends = b.op("Equal", [chosen, eos_id])
+    chosen, gain, ends, shown = greedy_choice(b, p, scores)
     goes = b.op("Not", [ends])
-    column = b.op("Where", [ends, b.const(p.pad, np.int64), chosen])
-    gain = b.op("Cast", [b.op("Where", [dead, ninf, gain])], to=DOUBLE)
     return {
         "going": b.op("Squeeze", [goes, b.const([0], np.int64)]),
         "tok": chosen,
-        "hist": b.op("Concat", [c["hist"], b.op("Unsqueeze", [column, b.const([1], np.int64)])], axis=1),
+        "hist": b.op("Concat", [c["hist"], b.op("Unsqueeze", [shown, b.const([1], np.int64)])], axis=1),
         "score": b.op("Add", [c["score"], gain]),
         "length": b.op("Add", [c["length"], b.op("Cast", [goes], to=INT)]),
     }
