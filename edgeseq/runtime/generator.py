@@ -18,6 +18,7 @@ from edgeseq.runtime.inplace import BufferPool
 from edgeseq.runtime.lines import Batching, LineResult, translate_lines
 from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.pages import drop_loaded_pages
 from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, check_file_io, check_provider, resolve_providers
 from edgeseq.runtime.step import BEAM, GREEDY, INPLACE, REORDER, HeadRequest
@@ -96,6 +97,7 @@ class OrtBackend:
             name: GraphSession(bundle, name, self.providers, session_options(threads, step=name == "decoder_step"))
             for name in bundle.manifest.loop_graphs
         }
+        drop_loaded_pages(bundle.path)  # what prepacking read is in the sessions' copies (runtime/pages.py)
         notes = {check_provider(provider, s.session, name) for name, s in self.sessions.items()} - {None}
         self.note = "; ".join(sorted(notes)) or None  # a fallback that `auto` made, for the user to see
         self.device = DEVICES[self.sessions["decoder_step"].session.get_providers()[0]]

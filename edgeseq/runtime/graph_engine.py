@@ -16,6 +16,7 @@ from edgeseq.runtime.batching import pad_batch
 from edgeseq.runtime.bundle import Bundle
 from edgeseq.runtime.loop import batches
 from edgeseq.runtime.options import DecodingOptions
+from edgeseq.runtime.pages import drop_loaded_pages
 from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
 
@@ -82,6 +83,7 @@ class GraphEngine:
         self.bundle = bundle
         providers = resolve_providers(provider)
         self.session = GraphSession(bundle, GRAPH, providers, session_options(threads, step=True))
+        drop_loaded_pages(bundle.path)  # (runtime/pages.py)
         self.note = check_provider(provider, self.session.session, GRAPH)
         m = bundle.manifest
         self.source_pad, self.masked_padding = m.source_framing.pad, m.masked_padding
