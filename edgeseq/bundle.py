@@ -117,6 +117,9 @@ class DecoderSpec:
     # fed at every step (np.arange: none changed), or in bundles made before (False) empty when none changed
     reorder_input: str | None = None
     reorder_every_step: bool = False
+    # the step's context inputs (encoder/attention outputs, src_mask) may be fed one row per source while the
+    # rows are g consecutive rows per source, the same g for all (models/grouped.py); one per row is always valid
+    context_per_source: bool = False
     # Bundles made before the head had modes: a greedy-only head, bias (V,) in, (rows,) token and
     # log-probability out. Still read and used.
     head_bias_input: str | None = None
@@ -138,8 +141,9 @@ class DecoderSpec:
         for legacy in ("head_bias_input", "head_token_output", "head_logprob_output", "reorder_input"):
             if d[legacy] is None:
                 del d[legacy]
-        if not self.reorder_every_step:
-            del d["reorder_every_step"]
+        for flag in ("reorder_every_step", "context_per_source"):
+            if not d[flag]:
+                del d[flag]
         return d
 
 

@@ -131,7 +131,10 @@ def parse_manifest(data: Any, where: str = MANIFEST) -> Manifest:
                 "reorder_input",
             )
         },
-        reorder_every_step=r.get(dec, "reorder_every_step", (bool, type(None)), False, "decoder.") or False,
+        **{
+            k: r.get(dec, k, (bool, type(None)), False, "decoder.") or False
+            for k in ("reorder_every_step", "context_per_source")
+        },
     )
     source_size = r.size(data, "source_vocab_size", MAX_DIM)
     target_size = r.size(data, "target_vocab_size", MAX_DIM)

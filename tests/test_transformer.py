@@ -271,3 +271,74 @@ def test_the_readme_example_runs(tmp_path):
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "PASS" in r.stdout and (tmp_path / "b" / "weights.bin").is_file()
+
+
+@pytest.mark.parametrize(
+    "sources, rows",
+    [
+        ([0, 0, 0, 1, 1, 1], [0, 1]),  # beams: one context row per source
+        ([0, 1, 2], [0, 1, 2]),  # greedy
+        ([2, 2, 0, 0], [2, 0]),  # reordered sources
+        ([0, 0, 1], [0, 0, 1]),  # uneven: one per row
+        ([0, 0, 1, 1, 0, 0], [0, 1, 0]),  # a source twice, runs of equal length
+        ([1, 1, 1, 1], [1]),
+        ([], []),
+    ],
+)
+def test_context_rows(sources, rows):
+    from edgeseq.runtime.loop import context_rows
+
+    got = context_rows(np.array(sources, dtype=np.int64), per_source=True)
+    assert got.tolist() == rows
+    assert context_rows(np.array(sources, dtype=np.int64), per_source=False).tolist() == sources
+
+
+@pytest.fixture(scope="module")
+def eager_eos_bundle(tmp_path_factory):
+    """A tiny Transformer whose rows end at different steps (a sampled row ends at </s> often)."""
+    model, sv, tv = tiny_transformer("pre", seed=3)
+    with torch.no_grad():
+        model.out_bias[model.cfg.eos_id] = 12.0
+    out = tmp_path_factory.mktemp("tf") / "eos"
+    export_model(model, out, source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=16))
+    return out, sv
+
+
+@pytest.mark.parametrize("strategy", ["beam", "samples"])
+def test_step_takes_the_context_once_per_source(reference_bundle, eager_eos_bundle, strategy):
+    """Beam rows attend their source's cross keys/values fed once per source; the same hypotheses as fed per row.
+    Samples that end unevenly fall back to one context row per row."""
+    import dataclasses
+
+    from edgeseq.runtime.loop import decode
+
+    bundle, sv = reference_bundle[0], reference_bundle[2]
+    if strategy == "samples":
+        bundle, sv = eager_eos_bundle
+    gen = Generator(bundle, engine="loop")
+    spec, backend = gen.bundle.manifest.decoder, gen.backend
+    assert spec.context_per_source
+    seen, step = [], backend.step
+
+    def spy(feeds, *a, **kw):
+        seen.append((len(feeds["prev_tokens"]), len(feeds["cross_k_0"]), len(feeds["src_mask"])))
+        return step(feeds, *a, **kw)
+
+    backend.step = spy
+    sources = [sv.encode(s) for s in ("a b c d", "b c", "d d a b c", "c")]
+    if strategy == "beam":
+        options = gen.options.replace(beam_size=3, nbest=3, max_new_tokens=10)
+    else:
+        options = gen.options.replace(sample=True, nbest=3, seed=5, max_new_tokens=16)
+    grouped = decode(backend, spec, sources, options)
+    grouped_feeds, seen[:] = list(seen), []
+    per_row = decode(backend, dataclasses.replace(spec, context_per_source=False), sources, options)
+    assert all(ctx == mask == rows for rows, ctx, mask in seen)
+    assert grouped_feeds[0] == (12, 4, 4)
+    if strategy == "samples":
+        assert any(ctx == rows and rows % 4 for rows, ctx, _ in grouped_feeds)  # rows ended unevenly
+    else:
+        assert all(rows == 3 * ctx for rows, ctx, _ in grouped_feeds)
+    for a, b in zip(grouped, per_row):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=1e-5, atol=1e-5)

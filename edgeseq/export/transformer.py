@@ -2,8 +2,11 @@
 
 encoder.onnx    src_ids, src_mask -> memory (B, S, d)
 attention.onnx  memory -> cross_k_i, cross_v_i (B, nh, S, hs) for every decoder layer i, once per source
-decoder_step    prev_tokens (B,), step (), self_k_i, self_v_i (B, nh, P, hs), cross_k_i, cross_v_i, src_mask
-                -> logits (B, V), self_k_i_out, self_v_i_out (B, nh, P + 1, hs)
+decoder_step    prev_tokens (B,), step (), self_k_i, self_v_i (B, nh, P, hs), cross_k_i, cross_v_i (C, nh, S, hs),
+                src_mask (C, S) -> logits (B, V), self_k_i_out, self_v_i_out (B, nh, P + 1, hs)
+
+The step takes the cross keys/values and the mask one row per source when each source has the same number
+of consecutive rows (B = C * g: beam search), else one per row (C = B); DecoderSpec.context_per_source.
 
 The self-attention cache starts empty (P = 0) and grows by one position per step; one decoder-step graph
 serves every step, so each weight is stored once.
@@ -19,6 +22,7 @@ from edgeseq.export.families import Family, register
 from edgeseq.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 FLOAT, INT = "float32", "int64"
+SOURCES = "sources"  # the step's context inputs: one row per source (or per row)
 
 
 class TransformerAdapter(Seq2SeqAdapter):
@@ -56,6 +60,8 @@ class TransformerAdapter(Seq2SeqAdapter):
         cross = tuple(
             TensorSpec(f"cross_{kv}_{i}", FLOAT, ("batch", nh, "src_len", hs)) for i in self.layers for kv in "kv"
         )
+        # the step takes the context one row per source or per row (models/grouped.py): its own batch symbol
+        by_source = tuple(TensorSpec(t.name, t.dtype, (SOURCES, *t.shape[1:])) for t in (*cross, src_mask))
         past = tuple(
             TensorSpec(f"self_{kv}_{i}", FLOAT, ("batch", nh, "past_len", hs)) for i in self.layers for kv in "kv"
         )
@@ -64,7 +70,7 @@ class TransformerAdapter(Seq2SeqAdapter):
             for i in self.layers
             for kv in "kv"
         )
-        step_in = (TensorSpec("prev_tokens", INT, ("batch",)), TensorSpec("step", INT, ()), *past, *cross, src_mask)
+        step_in = (TensorSpec("prev_tokens", INT, ("batch",)), TensorSpec("step", INT, ()), *past, *by_source)
         return {
             "encoder": GraphSpec("encoder.onnx", (src_ids, src_mask), (memory,)),
             "attention": GraphSpec("attention.onnx", (memory,), cross),
@@ -80,7 +86,13 @@ class TransformerAdapter(Seq2SeqAdapter):
             for i in self.layers
             for kv in "kv"
         )
-        return DecoderSpec(tokens_input="prev_tokens", logits_output="logits", states=states, step_input="step")
+        return DecoderSpec(
+            tokens_input="prev_tokens",
+            logits_output="logits",
+            states=states,
+            step_input="step",
+            context_per_source=True,
+        )
 
     def encoder(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"memory": self.model.encode(x["src_ids"], x["src_mask"])}

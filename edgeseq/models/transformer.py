@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseq.errors import OptionsError
+from edgeseq.models.grouped import by_row, by_source
 from edgeseq.models.limits import special_id_problems
 
 NORMS, POSITIONS, ACTIVATIONS = ("pre", "post"), ("sinusoidal", "learned"), ("relu", "gelu")
@@ -122,12 +123,20 @@ class MultiHeadAttention(nn.Module):
         kv = F.linear(x, self.in_proj_weight[self.d :], self.in_proj_bias[self.d :])  # (B, T, 2d)
         return self._split(kv[..., : self.d]), self._split(kv[..., self.d :])
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """q (B, nh, Tq, hs), k/v (B, nh, Tk, hs), mask broadcastable to (B, nh, Tq, Tk), True = keep."""
+    def attend(self, q, k, v, mask: torch.Tensor | None, grouped: bool = False) -> torch.Tensor:
+        """q (B, nh, Tq, hs), k/v (B, nh, Tk, hs), mask broadcastable to (B, nh, Tq, Tk), True = keep.
+
+        grouped: k/v and mask may have one row per source for g consecutive query rows each (models/grouped.py).
+        """
+        t = q.shape[2]
+        if grouped:
+            q = by_source(q, k.shape[0])  # (C, nh, g * Tq, hs)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, Tq, Tk)
         if mask is not None:
             att = att.masked_fill(~mask, float("-inf"))
         y = self.drop(torch.softmax(att, dim=-1)) @ v  # (B, nh, Tq, hs)
+        if grouped:
+            y = by_row(y, t)  # (R, nh, Tq, hs)
         y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], self.d)  # (B, Tq, d)
         return self.out_proj(y)
 
@@ -190,8 +199,9 @@ class DecoderLayer(_Block):
             cache["k"], cache["v"] = k, v
             return self.self_attn.attend(self.self_attn.query(h), k, v, causal)
 
-        def cross_attn(h):
-            return self.multihead_attn.attend(self.multihead_attn.query(h), cross_k, cross_v, src_keep)
+        def cross_attn(h):  # a cached step may take cross_k/v and src_keep one row per source (models/grouped.py)
+            q = self.multihead_attn.query(h)
+            return self.multihead_attn.attend(q, cross_k, cross_v, src_keep, grouped=past_k is not None)
 
         x = self.residual(x, self.norm1, self_attn)
         x = self.residual(x, self.norm2, cross_attn)
@@ -261,8 +271,9 @@ class TransformerSeq2Seq(nn.Module):
     def step(self, tokens, step, past, cross, src_mask):
         """One token per row at position `step` (a 0-dim tensor).
 
-        tokens (B,), past [(k, v)] each (B, nh, P, hs), cross [(k, v)], src_mask (B, S)
-        -> logits (B, V) and the grown cache [(k, v)] each (B, nh, P + 1, hs).
+        tokens (B,), past [(k, v)] each (B, nh, P, hs), cross [(k, v)] each (C, nh, S, hs), src_mask (C, S)
+        -> logits (B, V) and the grown cache [(k, v)] each (B, nh, P + 1, hs). Cross keys/values and the mask
+        may be one row per source (C sources, B = C * g consecutive rows each) or one per row (C = B).
         """
         x = self._embed(self.tgt_emb, tokens[:, None], step.reshape(1))  # (B, 1, d)
         keep = src_mask.bool()[:, None, None, :]

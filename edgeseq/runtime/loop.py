@@ -47,7 +47,7 @@ class Backend(Protocol):
 
 @dataclass
 class DecodeState:
-    """The tensors a step needs: per-row context (fixed per source) and states (replaced every step)."""
+    """The tensors a step needs: context (one row per source, fixed) and states (per row, replaced every step)."""
 
     context: dict[str, np.ndarray]
     states: dict[str, np.ndarray]
@@ -68,6 +68,20 @@ def _init(s: StateSpec, context: dict[str, np.ndarray], batch: int) -> np.ndarra
     if not all(isinstance(d, int) for d in shape):
         raise BundleError(f"state {s.input}: zeros shape {list(s.zeros_shape or ())} may use only 'batch' and sizes")
     return np.zeros(shape, dtype=s.dtype)
+
+
+def context_rows(sources: np.ndarray, per_source: bool) -> np.ndarray:
+    """Which source's context each row of the step's context inputs holds, for rows of `sources`.
+
+    With DecoderSpec.context_per_source, one row per run of consecutive rows of one source while every run has
+    the same length (beam search, greedy): the step pairs row r with context row r // g. Otherwise one per row.
+    """
+    if per_source and len(sources):
+        starts = np.flatnonzero(np.r_[True, sources[1:] != sources[:-1]])
+        g = len(sources) // len(starts)
+        if g * len(starts) == len(sources) and np.array_equal(starts, np.arange(0, len(sources), g)):
+            return sources[starts]
+    return sources
 
 
 def batch_axes(backend: Backend) -> dict[str, int]:
@@ -108,6 +122,9 @@ class Decoding:
         if INPLACE in backend.offers:  # (buffers from the backend's pool, where it has one)
             self.buffers = StateBuffers(spec.states, options.max_new_tokens, getattr(backend, "pool", None))
         self.rows: dict[str, np.ndarray] = {}
+        self.context_sources = self.row_sources
+        # the step's inputs that stay fixed until the rows' sources change again
+        self.fixed = {n: self.state.context[n] for n in self.step_inputs if n in self.state.context}
         self._take(self.strategy.start_rows(), force=True)
 
     def _take(self, rows: np.ndarray, force: bool = False) -> None:
@@ -123,12 +140,15 @@ class Decoding:
                 specs = {s.input: s for s in self.spec.states}
                 # numpy arrays and device tensors (runtime/binding.py) both have take(rows, axis=...)
                 self.state.states = {k: v.take(rows, axis=specs[k].batch_axis) for k, v in self.state.states.items()}
-            if not np.array_equal(sources, self.row_sources):  # beams reordered within a source share context
-                self.state.context = {
-                    k: v.take(rows, axis=self.axes[k]) if k in self.axes else v for k, v in self.state.context.items()
-                }
-        # the step's inputs that stay fixed until the rows' sources change again
-        self.fixed = {n: self.state.context[n] for n in self.step_inputs if n in self.state.context}
+        wanted = context_rows(sources, self.spec.context_per_source)
+        if not np.array_equal(wanted, self.context_sources):  # beams reordered within a source share context
+            context = self.state.context  # one row per source
+            self.fixed = {
+                n: context[n].take(wanted, axis=self.axes[n]) if n in self.axes else context[n]
+                for n in self.step_inputs
+                if n in context
+            }
+            self.context_sources = wanted
         self.row_sources = sources
 
     def steps(self) -> Iterator[list[tuple[int, int]]]:

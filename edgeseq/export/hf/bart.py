@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgeseq.export.families import Family, register
+from edgeseq.models.grouped import attend_by_source
 
 PRE_NORM = {"mbart"}
 
@@ -138,7 +139,10 @@ class HFBartLike(nn.Module):
         ]
 
     def step(self, tokens, step, past, cross, src_mask):
-        """tokens (B,), step () -> logits (B, V), the grown cache [(k, v)] each (B, nh, P + 1, hs)."""
+        """tokens (B,), step () -> logits (B, V), the grown cache [(k, v)] each (B, nh, P + 1, hs).
+
+        cross [(k, v)] and src_mask: one row per row, or per source for g consecutive rows each (models/grouped.py).
+        """
         heads = self.cfg.heads
         x = self._embed(self.decoder, tokens[:, None], step.reshape(1))  # (B, 1, d)
         keep = src_mask.bool()[:, None, None, :]
@@ -154,7 +158,7 @@ class HFBartLike(nn.Module):
                 x,
                 layer.encoder_attn_layer_norm,
                 lambda h, a=layer.encoder_attn, ck=ck, cv=cv: a.out_proj(
-                    attend(split_heads(a.q_proj(h), heads), ck, cv, keep, a.scaling)
+                    merge_heads(attend_by_source(split_heads(a.q_proj(h), heads), ck, cv, keep, a.scaling))
                 ),
             )
             x, _ = self._residual(x, layer.final_layer_norm, lambda h, ly=layer: self._ffn(ly, h))

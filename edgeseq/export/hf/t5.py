@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from edgeseq.export.families import Family, register
-from edgeseq.export.hf.bart import CacheDims, _adapter, attend, output_logits, split_heads
+from edgeseq.export.hf.bart import CacheDims, _adapter, attend, merge_heads, output_logits, split_heads
+from edgeseq.models.grouped import attend_by_source
 
 
 class HFT5(nn.Module):
@@ -71,6 +72,10 @@ class HFT5(nn.Module):
     def _attn(self, attn, h, k, v, keep, bias=None) -> torch.Tensor:
         return attn.o(attend(split_heads(attn.q(h), self.heads), k, v, keep, 1.0, bias))
 
+    def _cross(self, attn, h, k, v, keep) -> torch.Tensor:
+        """Cross-attention: k/v and keep one row per row, or per source for g consecutive rows each."""
+        return attn.o(merge_heads(attend_by_source(split_heads(attn.q(h), self.heads), k, v, keep)))
+
     def _kv(self, attn, x) -> tuple[torch.Tensor, torch.Tensor]:
         return split_heads(attn.k(x), self.heads), split_heads(attn.v(x), self.heads)
 
@@ -104,7 +109,7 @@ class HFT5(nn.Module):
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
             new.append((k, v))
             x = x + self._attn(sa.SelfAttention, h, k, v, None, bias)
-            x = x + self._attn(ca.EncDecAttention, ca.layer_norm(x), ck, cv, keep)
+            x = x + self._cross(ca.EncDecAttention, ca.layer_norm(x), ck, cv, keep)
             x = x + ff.DenseReluDense(ff.layer_norm(x))
         x = self.decoder.final_layer_norm(x[:, 0])
         if self.scale_output:
