@@ -238,6 +238,7 @@ class BeamSearch(_Search):
         self.beam_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand
         self.align: np.ndarray | None = None  # (rows, t, src_len) when alignments are asked for
         self.finished: list[list[tuple[float, tuple[int, ...], np.ndarray | None]]] = [[] for _ in range(n)]
+        self.full = np.zeros(n, dtype=bool)  # sources with k finished hypotheses
 
     def start_rows(self) -> np.ndarray:
         return np.repeat(self.sources, self.k)
@@ -268,25 +269,25 @@ class BeamSearch(_Search):
         if o.return_alignments and alignment is not None:
             step_align = alignment[:, None, :]
             self.align = step_align if self.align is None else np.concatenate([self.align, step_align], axis=1)
-        keep, tokens, scores, still = [], [], [], []
-        for i, source in enumerate(self.sources):
-            cands = [(float(s), i * k + int(j) // vocab, int(j) % vocab) for s, j in zip(best[i], top[i])]
-            ends = [token == self.eos or last for _, _, token in cands]
-            for rank, ((score, row, token), end) in enumerate(zip(cands, ends)):
-                if end and rank < k:
-                    self._add(source, score / length**o.length_penalty, row, None if token == self.eos else token)
-            running = [c for c, end in zip(cands, ends) if not end][:k]
-            if last or len(running) < k or self._is_done(source, running[0][0], length):
-                continue
-            still.append(source)
-            for score, row, token in running:
-                keep.append(row)
-                tokens.append(token)
-                scores.append(score)
-        keep = np.array(keep, dtype=np.int64)
-        self.history = np.concatenate([self.history[keep], np.array(tokens, dtype=np.int64)[:, None]], axis=1)
-        self.beam_scores = np.array(scores, dtype=np.float32).reshape(len(still), k)
-        self.sources = np.array(still, dtype=np.int64)
+        n = len(self.sources)
+        rows = np.arange(n)[:, None] * k + top // vocab  # (n, 2k) the row each candidate extends
+        tokens = (top % vocab).astype(np.int64, copy=False)
+        ends = np.ones_like(tokens, dtype=bool) if last else tokens == self.eos
+        for i, rank in zip(*np.nonzero(ends[:, :k])):  # the top k that end close a hypothesis, best first
+            token = int(tokens[i, rank])
+            extra = None if token == self.eos else token
+            self._add(int(self.sources[i]), float(best[i, rank]) / length**o.length_penalty, int(rows[i, rank]), extra)
+        # the k best that do not end run on (a source has at most k ending candidates: one </s> per beam)
+        order = np.argsort(ends, axis=1, kind="stable")[:, :k]
+        at = np.arange(n)[:, None]
+        go = ~ends[at, order].any(axis=1) & (not last)
+        for i in np.flatnonzero(go & self.full[self.sources]):  # (a source with fewer than k finished runs on)
+            go[i] = not self._is_done(int(self.sources[i]), float(best[i, order[i, 0]]), length)
+        at, order = at[go], order[go]
+        keep = rows[at, order].reshape(-1)
+        self.history = np.concatenate([self.history[keep], tokens[at, order].reshape(-1, 1)], axis=1)
+        self.beam_scores = best[at, order].astype(np.float32, copy=False)
+        self.sources = self.sources[go]
         if self.align is not None:
             self.align = self.align[keep]
         return keep
@@ -301,6 +302,7 @@ class BeamSearch(_Search):
         hyps.append((score, tokens, align))
         if len(hyps) > self.k:
             hyps.remove(min(hyps, key=lambda h: h[0]))
+        self.full[source] = len(hyps) == self.k
 
     def _is_done(self, source: int, best_running: float, length: int) -> bool:
         hyps = self.finished[source]
