@@ -88,14 +88,22 @@ def test_greedy_head_is_argmax_and_log_softmax_of_biased_logits(bundles, family)
     assert out["head_scores"].dtype == np.float32 and out["head_ids"].dtype == np.int64
 
 
-@pytest.mark.parametrize("family", ["lstm", "transformer"])
-def test_beam_head_is_the_top_2k_of_scored_log_probabilities(bundles, family):
+@pytest.mark.parametrize(
+    ("family", "k", "tied"),
+    [("lstm", 4, False), ("transformer", 4, False), ("transformer", 3, True), ("transformer", 20, False)],
+)
+def test_beam_head_is_the_top_2k_of_scored_log_probabilities(bundles, family, k, tied):
+    """Tied: every beam of a source scores alike (the first step's rows are equal), so the lower beam, then the
+    lower token, comes first. k = 20: 2k is more than the vocabulary."""
     gen = Generator(bundles[family])
-    sources, k = mixed_sources(vocabs()[0])[:3], 4
+    sources = mixed_sources(vocabs()[0])[:3]
     feeds = first_step(gen, [s for s in sources for _ in range(k)])  # k rows per source, as beam search has
     vocab = len(vocabs()[1])
+    assert (2 * 20 > vocab) and (2 * 4 <= vocab)
     rng = np.random.default_rng(0)
-    running = rng.normal(-3, 1, (len(sources), k)).astype(np.float32)
+    running = (
+        np.zeros((len(sources), k), np.float32) if tied else rng.normal(-3, 1, (len(sources), k)).astype(np.float32)
+    )
     bias = np.zeros(vocab, dtype=np.float32)
     bias[[2, 7]] = -np.inf
     logits = gen.backend.step(feeds)["logits"]

@@ -86,18 +86,28 @@ def _greedy(logits: str, opset: int) -> onnx.GraphProto:
 
 
 def _beam(logits: str, vocab: int) -> onnx.GraphProto:
+    """Each row's best 2k (a source's best 2k are among its rows' best 2k), plus its running score, then the
+    best 2k of the source's k * 2k: what a TopK over (sources, beams * V) gives, ties included (the lower
+    index first in both TopKs: the lower beam, then the lower token), without a second (rows, V) Add."""
     b = _Nodes("beam")
     logprobs = b.op("Add", [b.op("LogSoftmax", [logits], axis=-1), BIAS])  # (rows, V), HF's processor order
-    running = b.op("Reshape", [BEAM, b.const(np.array([-1, 1], dtype=np.int64))])  # (rows, 1)
-    total = b.op("Add", [logprobs, running])
     shape = b.op("Shape", [BEAM])  # (sources, beams)
     sources = b.op("Slice", [shape, b.const(np.array([0])), b.const(np.array([1]))])
     beams = b.op("Slice", [shape, b.const(np.array([1])), b.const(np.array([2]))])
-    width = b.op("Mul", [beams, b.const(np.array([vocab], dtype=np.int64))])
-    flat = b.op("Reshape", [total, b.op("Concat", [sources, width], axis=0)])  # (sources, beams * V)
     k = b.op("Mul", [beams, b.const(np.array([2], dtype=np.int64))])
-    scores, ids = f"head.beam.top{b.count + 1}", f"head.beam.idx{b.count + 1}"
-    b.nodes.append(helper.make_node("TopK", [flat, k], [scores, ids], name=scores, axis=-1, largest=1, sorted=1))
+    per_row = b.op("Min", [k, b.const(np.array([vocab], dtype=np.int64))])  # (a vocabulary smaller than 2k)
+    row_scores, row_ids = f"head.beam.rowtop{b.count + 1}", f"head.beam.rowidx{b.count + 1}"
+    b.nodes.append(
+        helper.make_node("TopK", [logprobs, per_row], [row_scores, row_ids], name=row_scores, axis=-1, sorted=1)
+    )
+    running = b.op("Reshape", [BEAM, b.const(np.array([-1, 1], dtype=np.int64))])  # (rows, 1)
+    width = b.op("Concat", [sources, b.op("Mul", [beams, per_row])], axis=0)
+    flat = b.op("Reshape", [b.op("Add", [row_scores, running]), width])  # (sources, beams * per_row)
+    scores, at = f"head.beam.top{b.count + 1}", f"head.beam.at{b.count + 1}"
+    b.nodes.append(helper.make_node("TopK", [flat, k], [scores, at], name=scores, axis=-1, largest=1, sorted=1))
+    token = b.op("GatherElements", [b.op("Reshape", [row_ids, width]), at], axis=1)
+    beam = b.op("Div", [at, per_row])  # (int64: floor for these non-negative ids)
+    ids = b.op("Add", [b.op("Mul", [beam, b.const(np.array(vocab, dtype=np.int64))]), token])  # beam * V + token
     return _branch(b, scores, ids)
 
 
