@@ -138,7 +138,7 @@ def decoding_flags(f):
 @click.option(
     "--batch-tokens",
     type=int,
-    help="Tokens per batch: sources x beams x (longest source + max new tokens); 4096.",
+    help="Tokens per batch, what its caches hold: sources x beams x (longest source + max new tokens) at most; 4096.",
 )
 @click.option(
     "--on-error",

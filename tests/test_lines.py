@@ -114,3 +114,34 @@ def test_an_unreadable_line_stops_after_the_lines_before_it(bundle_factory):
         for r in gen.translate_lines(read_lines(io.BytesIO(data), "in", 64), DecodingOptions(max_new_tokens=5)):
             done.append(r.source)
     assert done == texts
+
+
+@pytest.mark.parametrize("engine", ["loop", "graph"])
+def test_beam_batches_count_the_context_once_per_source_where_the_step_takes_it_so(tmp_path, monkeypatch, engine):
+    """A Transformer's step takes the cross-attention cache once per source (DecoderSpec.context_per_source): the
+    loop's beam batches count a source's tokens once, not once per beam; generate.onnx takes them per row."""
+    from edgeseq.export import ExportOptions, export_model
+    from tests.test_transformer import tiny_transformer
+
+    model, sv, tv = tiny_transformer("pre")
+    export_model(model, tmp_path / "b", source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=8))
+    gen = Generator(tmp_path / "b", engine=engine)
+    assert gen.bundle.manifest.decoder.context_per_source
+    batches, original = [], gen.translate_ids
+
+    def translate_ids(sources, options):
+        batches.append([len(s) for s in sources])
+        return original(sources, options)
+
+    monkeypatch.setattr(gen, "translate_ids", translate_ids)
+    options, beam, texts = DecodingOptions(max_new_tokens=6, beam_size=3), 3, lines_of(gen, 80)
+    got = [r.translation.text for r in gen.translate_lines(iter(texts), options, Batching(max_tokens=400, window=3))]
+    seen = list(batches)
+    assert got == [t.text for t in gen.generate(texts, options)]  # (one batch)
+    per_row = [len(b) * beam * (max(b) + 6) for b in seen]
+    per_source = [len(b) * (max(b) + beam * 6) for b in seen]
+    if engine == "loop":
+        assert all(t <= 400 for b, t in zip(seen, per_source) if len(b) > 1)
+        assert max(per_row) > 400  # batches the per-row count would have cut
+    else:
+        assert all(t <= 400 for b, t in zip(seen, per_row) if len(b) > 1)

@@ -2,10 +2,11 @@
 
 Lines are read a window at a time, sorted by length within the window, cut into batches of at most
 `max_tokens` tokens, decoded, and given back in input order as each window completes. A batch's tokens are
-its decoder rows (sources x beams) times the longest source plus max_new_tokens: what its caches hold at
-the end (the encoder output or cross-attention cache per source token, the decoder's state or self-attention
-cache per generated token), so a batch's memory is bounded whatever the lengths. Memory depends on the
-window, not on the input's size.
+what its caches hold at the end: per source token the encoder output or cross-attention cache, once per row
+(sources x beams) or, for beam search where the step takes its context once per source
+(DecoderSpec.context_per_source), once per source; per generated token the decoder's state or self-attention
+cache, once per row. So a batch's memory is bounded whatever the lengths. Memory depends on the window, not
+on the input's size.
 
 A line the model cannot take (empty, too long, a character the vocabulary lacks and has no <unk> for) stops
 the run with an error naming its line number, or, with `on_error="skip"`, comes back with its error and no
@@ -16,7 +17,7 @@ MAX_LINE_BYTES: /dev/zero has no newline) stops the run naming its line, once th
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -36,7 +37,7 @@ WINDOW_CHARS = 1 << 24  # a window also ends once its text holds this many chara
 class Batching:
     """How a stream of lines is cut into batches."""
 
-    max_tokens: int = 4096  # per batch: decoder rows (sources x beams) x (longest source + max_new_tokens)
+    max_tokens: int = 4096  # per batch: what its caches hold (see above): rows x (longest + max_new_tokens) at most
     window: int = 16  # batches' worth of lines read ahead and sorted by length (memory grows with it)
     on_error: str = "stop"  # a line the model cannot take: "stop" with an error naming it, or "skip" it
 
@@ -84,12 +85,12 @@ def translate_lines(
     gen: Generator, lines: Iterable[str], options: DecodingOptions, batching: Batching = Batching()
 ) -> Iterator[LineResult]:
     """Translate `lines` in input order (see the module docstring)."""
-    rows = _rows(options)
+    cost = _cost(gen.bundle, options, graph=gen.engine == "graph")
     for window in windows(gen.bundle, lines, options, batching):
         bad = next((i for i, item in enumerate(window) if item[3] is not None), None)
         stop = bad is not None and batching.on_error == "stop"
         todo = window[:bad] if stop else window
-        results = _decode_window(gen, [item for item in todo if item[3] is None], options, batching, rows)
+        results = _decode_window(gen, [item for item in todo if item[3] is None], options, batching, cost)
         for number, text, _, error in todo:
             yield LineResult(number, text, results.get(number), error)
         if stop:
@@ -104,7 +105,7 @@ def windows(bundle: Bundle, lines: Iterable[str], options: DecodingOptions, batc
     exactly that one window (edgeseq.ray sends each window to an actor as one task: the same batches, so the
     same results). If reading `lines` fails (an EdgeseqError naming a line), the lines before it make a last
     window, then the error is raised."""
-    rows = _rows(options)
+    cost = _cost(bundle, options)
     budget = batching.max_tokens * batching.window
     numbered = enumerate(lines, 1)
     while True:
@@ -113,7 +114,7 @@ def windows(bundle: Bundle, lines: Iterable[str], options: DecodingOptions, batc
             for number, text in numbered:
                 item = _encode(bundle, number, text)
                 window.append(item)
-                tokens += rows * (len(item[2] or ()) + options.max_new_tokens)
+                tokens += cost(len(item[2] or ()))
                 chars += len(text)
                 if tokens >= budget or len(window) >= 1 << 16 or chars >= WINDOW_CHARS:
                     break
@@ -127,9 +128,14 @@ def windows(bundle: Bundle, lines: Iterable[str], options: DecodingOptions, batc
             return
 
 
-def _rows(options: DecodingOptions) -> int:
-    """Decoder rows per source."""
-    return options.beam_size if options.beam_size > 1 else (options.nbest if options.sample else 1)
+def _cost(bundle: Bundle, options: DecodingOptions, graph: bool = False) -> Callable[[int], int]:
+    """A source's tokens in a batch by its length (see the module docstring); `graph`: decoded by generate.onnx,
+    which takes the context per row."""
+    rows = options.beam_size if options.beam_size > 1 else (options.nbest if options.sample else 1)
+    # the loop's beam rows stay k consecutive rows per source; samples' rows end unevenly (context then per row)
+    per_source = options.beam_size > 1 and bundle.manifest.decoder.context_per_source and not graph
+    context = 1 if per_source else rows
+    return lambda length: context * length + rows * options.max_new_tokens
 
 
 def _encode(bundle: Bundle, number: int, text: str) -> tuple[int, str, list[int] | None, str | None]:
@@ -144,7 +150,7 @@ def _encode(bundle: Bundle, number: int, text: str) -> tuple[int, str, list[int]
 
 
 def _decode_window(
-    gen: Generator, items: list, options: DecodingOptions, batching: Batching, rows: int
+    gen: Generator, items: list, options: DecodingOptions, batching: Batching, cost: Callable[[int], int]
 ) -> dict[int, Translation]:
     """Decode one window's sources, shortest first, in batches of at most max_tokens tokens (see above)."""
     items = sorted(items, key=lambda item: len(item[2]))
@@ -154,7 +160,7 @@ def _decode_window(
     for item in [*items, None]:
         if item is not None and batch:
             longest = len(item[2])  # sorted: the newcomer is the longest
-            fits = (len(batch) + 1) * rows * (longest + options.max_new_tokens) <= batching.max_tokens
+            fits = (len(batch) + 1) * cost(longest) <= batching.max_tokens
             if fits and not (equal_lengths and longest != len(batch[0][2])):
                 batch.append(item)
                 continue
