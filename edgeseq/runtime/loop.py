@@ -76,11 +76,12 @@ def context_rows(sources: np.ndarray, per_source: bool) -> np.ndarray:
     With DecoderSpec.context_per_source, one row per run of consecutive rows of one source while every run has
     the same length (beam search, greedy): the step pairs row r with context row r // g. Otherwise one per row.
     """
-    if per_source and len(sources):
-        starts = np.flatnonzero(np.r_[True, sources[1:] != sources[:-1]])
-        g = len(sources) // len(starts)
-        if g * len(starts) == len(sources) and np.array_equal(starts, np.arange(0, len(sources), g)):
-            return sources[starts]
+    n = len(sources)
+    if per_source and n:
+        later = np.flatnonzero(sources[1:] != sources[:-1]) + 1  # where each run after the first starts
+        g = n // (len(later) + 1)
+        if g * (len(later) + 1) == n and np.array_equal(later, np.arange(g, n, g)):
+            return sources[::g]
     return sources
 
 
