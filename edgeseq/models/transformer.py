@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseq.errors import OptionsError
-from edgeseq.models.grouped import by_row, by_source
+from edgeseq.models.grouped import attend_by_source
 from edgeseq.models.limits import special_id_problems
 
 NORMS, POSITIONS, ACTIVATIONS = ("pre", "post"), ("sinusoidal", "learned"), ("relu", "gelu")
@@ -123,22 +123,20 @@ class MultiHeadAttention(nn.Module):
         kv = F.linear(x, self.in_proj_weight[self.d :], self.in_proj_bias[self.d :])  # (B, T, 2d)
         return self._split(kv[..., : self.d]), self._split(kv[..., self.d :])
 
-    def attend(self, q, k, v, mask: torch.Tensor | None, grouped: bool = False) -> torch.Tensor:
-        """q (B, nh, Tq, hs), k/v (B, nh, Tk, hs), mask broadcastable to (B, nh, Tq, Tk), True = keep.
-
-        grouped: k/v and mask may have one row per source for g consecutive query rows each (models/grouped.py).
-        """
-        t = q.shape[2]
-        if grouped:
-            q = by_source(q, k.shape[0])  # (C, nh, g * Tq, hs)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, nh, Tq, hs), k/v (B, nh, Tk, hs), mask broadcastable to (B, nh, Tq, Tk), True = keep."""
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, Tq, Tk)
         if mask is not None:
             att = att.masked_fill(~mask, float("-inf"))
         y = self.drop(torch.softmax(att, dim=-1)) @ v  # (B, nh, Tq, hs)
-        if grouped:
-            y = by_row(y, t)  # (R, nh, Tq, hs)
         y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], self.d)  # (B, Tq, d)
         return self.out_proj(y)
+
+    def attend_by_source(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+        """x (R, Tq, d) against k/v (C, nh, Tk, hs) and mask one row per source, g consecutive rows each
+        (models/grouped.py; inference only: no dropout) -> (R, Tq, d)."""
+        q = F.linear(x, self.in_proj_weight[: self.d], self.in_proj_bias[: self.d])
+        return self.out_proj(attend_by_source(q, k, v, mask, 1.0 / math.sqrt(self.d // self.heads)))
 
 
 class _Block(nn.Module):
@@ -200,8 +198,10 @@ class DecoderLayer(_Block):
             return self.self_attn.attend(self.self_attn.query(h), k, v, causal)
 
         def cross_attn(h):  # a cached step may take cross_k/v and src_keep one row per source (models/grouped.py)
-            q = self.multihead_attn.query(h)
-            return self.multihead_attn.attend(q, cross_k, cross_v, src_keep, grouped=past_k is not None)
+            a = self.multihead_attn
+            if past_k is not None:
+                return a.attend_by_source(h, cross_k, cross_v, src_keep)
+            return a.attend(a.query(h), cross_k, cross_v, src_keep)
 
         x = self.residual(x, self.norm1, self_attn)
         x = self.residual(x, self.norm2, cross_attn)

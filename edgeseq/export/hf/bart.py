@@ -158,7 +158,7 @@ class HFBartLike(nn.Module):
                 x,
                 layer.encoder_attn_layer_norm,
                 lambda h, a=layer.encoder_attn, ck=ck, cv=cv: a.out_proj(
-                    merge_heads(attend_by_source(split_heads(a.q_proj(h), heads), ck, cv, keep, a.scaling))
+                    attend_by_source(a.q_proj(h), ck, cv, keep, a.scaling)
                 ),
             )
             x, _ = self._residual(x, layer.final_layer_norm, lambda h, ly=layer: self._ffn(ly, h))

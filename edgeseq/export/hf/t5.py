@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from edgeseq.export.families import Family, register
-from edgeseq.export.hf.bart import CacheDims, _adapter, attend, merge_heads, output_logits, split_heads
+from edgeseq.export.hf.bart import CacheDims, _adapter, attend, output_logits, split_heads
 from edgeseq.models.grouped import attend_by_source
 
 
@@ -74,7 +74,7 @@ class HFT5(nn.Module):
 
     def _cross(self, attn, h, k, v, keep) -> torch.Tensor:
         """Cross-attention: k/v and keep one row per row, or per source for g consecutive rows each."""
-        return attn.o(merge_heads(attend_by_source(split_heads(attn.q(h), self.heads), k, v, keep)))
+        return attn.o(attend_by_source(attn.q(h), k, v, keep))
 
     def _kv(self, attn, x) -> tuple[torch.Tensor, torch.Tensor]:
         return split_heads(attn.k(x), self.heads), split_heads(attn.v(x), self.heads)
