@@ -7,7 +7,7 @@ so splitting the heads of that view gives each source's g rows as one (g * T, hs
 reshape and transpose that splitting the heads per row takes. With g = 1 (one row per source, or context taken
 per row) this is ordinary attention.
 
-q (R, T, d) projected queries, k/v (C, nh, S, hs), keep broadcastable to (C, nh, g * T, S), True = attend.
+q (R, d) or (R, T, d) projected queries, k/v (C, nh, S, hs), keep broadcastable to (C, nh, g * T, S), True = attend.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import torch
 
 
 def attend_by_source(q, k, v, keep=None, scale: float = 1.0) -> torch.Tensor:
-    """Softmax attention of every row's queries over its source's keys -> (R, T, d), heads merged."""
-    rows, t, d = q.shape
+    """Softmax attention of every row's queries over its source's keys -> q's shape, heads merged.
+
+    q (R, d) holds one position per row (a decoder step: the output's shape is then a constant), or (R, T, d).
+    """
     sources, heads, _, hs = k.shape
     blocks = q.reshape(sources, -1, heads, hs).transpose(1, 2)  # (C, nh, g * T, hs)
     scores = (blocks @ k.transpose(-2, -1)) * scale  # (C, nh, g * T, S)
     if keep is not None:
         scores = scores.masked_fill(~keep, float("-inf"))
-    y = torch.softmax(scores, dim=-1) @ v  # (C, nh, g * T, hs)
-    return y.transpose(1, 2).reshape(rows, t, d)
+    y = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)  # (C, g * T, nh, hs)
+    return y.reshape(-1, heads * hs) if q.dim() == 2 else y.reshape(-1, q.shape[1], heads * hs)

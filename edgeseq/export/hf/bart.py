@@ -101,10 +101,8 @@ class HFBartLike(nn.Module):
         ln = getattr(stack, "layernorm_embedding", None)
         return ln(x) if ln is not None else x
 
-    def _self_attn(self, attn, h, keep, heads, past_k=None, past_v=None):
+    def _self_attn(self, attn, h, keep, heads):
         k, v = split_heads(attn.k_proj(h), heads), split_heads(attn.v_proj(h), heads)
-        if past_k is not None:
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         out = attend(split_heads(attn.q_proj(h), heads), k, v, keep, attn.scaling)
         return attn.out_proj(out), k, v
 
@@ -142,16 +140,18 @@ class HFBartLike(nn.Module):
         """tokens (B,), step () -> logits (B, V), the grown cache [(k, v)] each (B, nh, P + 1, hs).
 
         cross [(k, v)] and src_mask: one row per row, or per source for g consecutive rows each (models/grouped.py).
+        One new position per row, so the step keeps its activations (B, d): self-attention's reshapes have
+        constant shapes and its heads split without a transpose (small Marian: 162 -> 124 nodes once ONNX
+        Runtime has fused them, ~2% faster).
         """
-        heads = self.cfg.heads
-        x = self._embed(self.decoder, tokens[:, None], step.reshape(1))  # (B, 1, d)
+        x = self._embed(self.decoder, tokens, step.reshape(1))  # (B, d)
         keep = src_mask.bool()[:, None, None, :]
         new = []
         for layer, (pk, pv), (ck, cv) in zip(self.decoder.layers, past, cross):
             x, (_, k, v) = self._residual(
                 x,
                 layer.self_attn_layer_norm,
-                lambda h, a=layer.self_attn, pk=pk, pv=pv: self._self_attn(a, h, None, heads, pk, pv),
+                lambda h, a=layer.self_attn, pk=pk, pv=pv: self._self_attn_step(a, h, pk, pv),
             )
             new.append((k, v))
             x, _ = self._residual(
@@ -165,7 +165,16 @@ class HFBartLike(nn.Module):
         final = getattr(self.decoder, "layer_norm", None)
         if final is not None:
             x = final(x)
-        return output_logits(self.hf.lm_head, x[:, 0], getattr(self.hf, "final_logits_bias", None)), new
+        return output_logits(self.hf.lm_head, x, getattr(self.hf, "final_logits_bias", None)), new
+
+    def _self_attn_step(self, attn, h, past_k, past_v):
+        """h (B, d): one position per row, (B, d) is (B, nh, 1, hs) as it lies in memory."""
+        nh, hs = self.cfg.heads, self.cfg.head_dim
+        k = torch.cat([past_k, attn.k_proj(h).reshape(-1, nh, 1, hs)], dim=2)
+        v = torch.cat([past_v, attn.v_proj(h).reshape(-1, nh, 1, hs)], dim=2)
+        scores = (attn.q_proj(h).reshape(-1, nh, 1, hs) @ k.transpose(-2, -1)) * attn.scaling
+        out = (torch.softmax(scores, dim=-1) @ v).reshape(-1, nh * hs)
+        return attn.out_proj(out), k, v
 
 
 def _adapter(model: nn.Module):
