@@ -252,3 +252,38 @@ def test_a_bundle_with_the_older_greedy_only_head_still_uses_it(bundles, tmp_pat
         assert [h[0].tokens for h in got] == [h[0].tokens for h in plain]
         assert [h[0].score for h in got] == pytest.approx([h[0].score for h in plain], abs=1e-4)
     assert used  # greedy went through the old head, beam search through the logits
+
+
+def test_greedy_branch_takes_the_lower_index_of_tied_maxima():
+    """The greedy branch alone (export/head.py _greedy), on logits with exact ties: as numpy's argmax (and
+    the loop's), the lower index wins, and its score is the log-probability of the biased logits."""
+    import onnxruntime as ort
+
+    from edgeseq.export.head import BIAS, _greedy
+
+    vocab = 6
+    branch = _greedy("logits")
+    graph = helper.make_graph(
+        [helper.make_node("If", ["go"], ["scores", "ids"], then_branch=branch, else_branch=branch)],
+        "greedy_only",
+        [
+            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", vocab]),
+            helper.make_tensor_value_info(BIAS, TensorProto.FLOAT, [vocab]),
+        ],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, None),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.array([[1, 3, 3, 0, 3, 2], [5, 5, 5, 5, 5, 5], [0, 1, 2, 9, 9, 1]], np.float32)
+    bias = np.zeros(vocab, np.float32)
+    bias[1] = -np.inf  # row 0's first maximum banned: the next one (index 2) wins
+    feeds = {"go": np.array(True), "logits": logits, BIAS: bias}
+    scores, ids = session.run(None, feeds)
+    x = logits + bias
+    np.testing.assert_array_equal(ids[:, 0], [2, 0, 3])
+    np.testing.assert_array_equal(ids[:, 0], x.argmax(-1))
+    np.testing.assert_allclose(scores[:, 0], -np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)), rtol=1e-6)

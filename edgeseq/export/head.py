@@ -71,15 +71,15 @@ def _branch(b: _Nodes, scores: str, ids: str) -> onnx.GraphProto:
     )
 
 
-def _greedy(logits: str, opset: int) -> onnx.GraphProto:
+def _greedy(logits: str) -> onnx.GraphProto:
+    """The argmax and its log-probability. One TopK(1) gives both the max and its index (the lower index on
+    ties, as ArgMax): one pass over (rows, V) fewer than ArgMax + ReduceMax, the same bits."""
     b = _Nodes("greedy")
     biased = b.op("Add", [logits, BIAS])
-    ids = b.op("ArgMax", [biased], axis=-1, keepdims=1)  # (rows, 1)
-    top = (
-        b.op("ReduceMax", [biased, _axes(b)], keepdims=1)
-        if opset >= 18
-        else b.op("ReduceMax", [biased], axes=[-1], keepdims=1)
-    )
+    k = b.const(np.array([1], dtype=np.int64))
+    b.count += 1
+    top, ids = f"head.greedy.top{b.count}", f"head.greedy.ids{b.count}"  # (rows, 1) each
+    b.nodes.append(helper.make_node("TopK", [biased, k], [top, ids], name=top, axis=-1, largest=1, sorted=1))
     total = b.op("ReduceSum", [b.op("Exp", [b.op("Sub", [biased, top])]), _axes(b)], keepdims=1)
     scores = b.op("Neg", [b.op("Log", [total])])  # the argmax's log-probability: 0 - logsumexp(biased - top)
     return _branch(b, scores, ids)
@@ -126,7 +126,6 @@ def add_head(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[GraphSp
     names = {v for n in model.graph.node for v in (*n.input, *n.output)} | {i.name for i in model.graph.input}
     if logits.dtype != "float32" or not isinstance(vocab, int) or names & {MODE, BIAS, BEAM, SCORES, IDS}:
         return spec, decoder  # (float32 logits of a fixed vocabulary, and free names: else no head)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     g = model.graph
     two = numpy_helper.from_array(np.array(BEAM_MODE, dtype=np.int64), "head.mode.beam")
     one = numpy_helper.from_array(np.array(GREEDY, dtype=np.int64), "head.mode.greedy")
@@ -149,7 +148,7 @@ def add_head(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[GraphSp
                             ["head.is_greedy"],
                             ["head.g.scores", "head.g.ids"],
                             name="head.if_greedy",
-                            then_branch=_greedy(decoder.logits_output, opset),
+                            then_branch=_greedy(decoder.logits_output),
                             else_branch=_none(),
                         )
                     ],
