@@ -53,6 +53,8 @@ from edgeseq.export.generate_loops import (
     greedy_select,
     greedy_single,
     shared_values,
+    single_carry,
+    single_outputs,
     zeros_state,
 )
 
@@ -162,7 +164,7 @@ def build_generate(folder: Path, m: Manifest) -> GraphSpec:
                 "If",
                 [single],
                 len(OUTPUTS),
-                then_branch=_pick(b, "one", lambda c: greedy_outputs(c, one)),
+                then_branch=_pick(b, "one", lambda c: single_outputs(c, parts, one)),
                 else_branch=_pick(b, "many", lambda c: greedy_outputs(c, greedy)),
             ),
         )
@@ -239,7 +241,7 @@ def decode(
     context = {k: loop.carry(f"ctx:{k}", ctx[k], context_type(p, k)) for k in p.step_context}
     carry = {"greedy": lambda: greedy_carry(loop, o, n), "beam": lambda: beam_carry(loop, o, s, n)}
     if single:
-        own = greedy_carry(loop, o, n)
+        own = single_carry(loop, o)
         out = loop.step(tok, states, context, None, None)
         new = greedy_single(loop.b, p, own, loop.scores(out[d.logits_output]))
         going = new.pop("going")

@@ -239,11 +239,11 @@ def greedy_fixed(o: Nodes, p: Parts, n: str) -> dict[str, str]:
     }
 
 
-def greedy_choice(b: Nodes, p: Parts, scores: str) -> tuple[str, str, str, str]:
+def greedy_choice(b: Nodes, p: Parts, scores: str) -> tuple[str, str, str]:
     """Each row's greedy choice from `scores` (rows, V), as the head's greedy branch (export/head.py): the
     argmax and its log-probability (a forced token: 0); a row with no allowed token ends with </s> and
     probability 0. Returns (the token, its log-probability as float64 (summed as a Python float, as the
-    loop's), whether it is </s>, the token as the history shows it: the target pad for </s>)."""
+    loop's), whether it is </s>)."""
     eos_id = b.const(p.eos, np.int64)
     ninf = b.const(np.array(-np.inf, np.float32))
     chosen = b.op("ArgMax", [scores], axis=-1, keepdims=0)
@@ -251,8 +251,12 @@ def greedy_choice(b: Nodes, p: Parts, scores: str) -> tuple[str, str, str, str]:
     dead = b.op("Not", [b.op("Greater", [gain, ninf])])  # -inf or NaN: no allowed token
     chosen = b.op("Where", [dead, eos_id, chosen])
     ends = b.op("Equal", [chosen, eos_id])
-    shown = b.op("Where", [ends, b.const(p.pad, np.int64), chosen])
-    return chosen, b.op("Cast", [b.op("Where", [dead, ninf, gain])], to=DOUBLE), ends, shown
+    return chosen, b.op("Cast", [b.op("Where", [dead, ninf, gain])], to=DOUBLE), ends
+
+
+def shown(b: Nodes, p: Parts, tokens: str, ends: str) -> str:
+    """Tokens as the history shows them: </s> (where `ends`) as the target pad."""
+    return b.op("Where", [ends, b.const(p.pad, np.int64), tokens])
 
 
 def greedy_select(
@@ -266,9 +270,9 @@ def greedy_select(
     Every node here runs once per token, and in ONNX Runtime each costs about a microsecond whatever its
     size, so there are few, and no If (a value an If passes through unchanged is copied)."""
     alive = sources
-    chosen, gain, ends, shown = greedy_choice(b, p, scores)
+    chosen, gain, ends = greedy_choice(b, p, scores)
     emitted = b.op("Cast", [b.op("Not", [ends])], to=INT)
-    column = b.op("ScatterElements", [fixed["pads"], alive, shown], axis=0)
+    column = b.op("ScatterElements", [fixed["pads"], alive, shown(b, p, chosen, ends)], axis=0)
     going = b.reduce("ReduceMax", emitted, [0])
     kept = b.op("Reshape", [b.op("NonZero", [emitted]), b.const([-1], np.int64)])  # the rows that go on, in order
     return {
@@ -281,18 +285,40 @@ def greedy_select(
     }
 
 
+def single_carry(loop: Loop, o: Nodes) -> dict[str, str]:
+    """greedy_single's own carried values: the tokens chosen so far (t,) (</s> as it is) and the score (1,)."""
+    return {
+        "hist": loop.carry("hist", o.const(np.zeros(0, np.int64)), INT),
+        "score": loop.carry("score", o.const(np.zeros(1, np.float64)), DOUBLE),
+    }
+
+
 def greedy_single(b: Nodes, p: Parts, c: dict[str, str], scores: str) -> dict[str, str]:
     """greedy_select for one source: its row never leaves the batch (the loop ends when it chooses </s>),
-    so nothing is scattered or gathered. The same choice, score and length as greedy_select."""
-    chosen, gain, ends, shown = greedy_choice(b, p, scores)
-    goes = b.op("Not", [ends])
+    so nothing is scattered or gathered, and what can wait for the end does (single_outputs: </s> shown as
+    the pad, the length): 23 nodes a token, the step's included (the GRU of latency.py). The same choice,
+    score and length as greedy_select."""
+    chosen, gain, ends = greedy_choice(b, p, scores)
     return {
-        "going": b.op("Squeeze", [goes, b.const([0], np.int64)]),
+        "going": b.op("Not", [b.op("Squeeze", [ends, b.const([0], np.int64)])]),
         "tok": chosen,
-        "hist": b.op("Concat", [c["hist"], b.op("Unsqueeze", [shown, b.const([1], np.int64)])], axis=1),
+        "hist": b.op("Concat", [c["hist"], chosen], axis=0),
         "score": b.op("Add", [c["score"], gain]),
-        "length": b.op("Add", [c["length"], b.op("Cast", [goes], to=INT)]),
     }
+
+
+def single_outputs(o: Nodes, p: Parts, final: dict[str, str]) -> list[str]:
+    """generate.onnx's three outputs from greedy_single's final values, as greedy_outputs gives them: the
+    history with </s> shown as the pad, the length (the tokens before </s>: it can only be the last)."""
+    hist = final["hist"]
+    ends = o.op("Equal", [hist, o.const(p.eos, np.int64)])
+    length = o.reduce("ReduceSum", o.op("Cast", [o.op("Not", [ends])], to=INT), [0], keepdims=1)  # (1,)
+    one = o.const([1], np.int64)
+    return [
+        o.op("Unsqueeze", [shown(o, p, hist, ends), o.const([0, 1], np.int64)]),  # (1, 1, t)
+        o.op("Unsqueeze", [length, one]),
+        o.op("Unsqueeze", [o.op("Cast", [final["score"]], to=FLOAT), one]),
+    ]
 
 
 def scatter_add(b: Nodes, x: str, at: str, values: str, zeros: str) -> str:
