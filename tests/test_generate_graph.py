@@ -280,6 +280,27 @@ def test_auto_uses_the_graph_where_it_is_faster(bundles, monkeypatch):
     assert not used
 
 
+def test_one_engine_follows_each_calls_options(bundles):
+    """The graph engine keeps the last options' feeds (a short call's Python): one engine given options
+    that change from call to call decodes each call as an engine made for it, one source and several."""
+    bundle = bundles["gru"]["fp32"]
+    engine, loop = Generator(bundle, engine="graph"), Generator(bundle, engine="loop")
+    sources = sources_for(loop, 3)
+    calls = [
+        DecodingOptions(max_new_tokens=8),
+        DecodingOptions(max_new_tokens=3),
+        DecodingOptions(max_new_tokens=8, min_new_tokens=6),
+        DecodingOptions(max_new_tokens=6, forced_eos=True),
+        DecodingOptions(max_new_tokens=8, beam_size=3, nbest=2),
+        DecodingOptions(max_new_tokens=8),
+    ]
+    for options in calls:
+        for some in (sources[:1], sources):
+            got, want = engine.generate_ids(some, options), loop.generate_ids(some, options)
+            assert same(got, want), options
+            assert all(len(h.tokens) <= options.max_new_tokens for x in got for h in x)
+
+
 def same(a: list, b: list) -> bool:
     """The same hypotheses (tokens), scores equal to float32 precision (the graph sums them in float32)."""
     return [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b] and np.allclose(
