@@ -25,7 +25,9 @@ from edgeseq.runtime.options import DecodingOptions
 # numbers differ in the last bits and near-tied beams may part: there only each source's best hypothesis is
 # compared, and most must agree. fp32 agrees to the last hypothesis, its scores to 1e-4 of their size (the
 # step's GEMMs inside a Loop body sum in another order: 3.4e-5 seen on a small Marian, tokens all identical).
-TOLERANCE = {"fp32": (1.0, 1e-4), "int8": (0.75, 1e-3), "fp16": (0.75, 1e-2)}
+# int8 scores part by more on processors with AVX-512 VNNI, whose integer kernels ONNX Runtime fuses otherwise
+# inside a Loop (2.7e-3 seen on a trained nn.Transformer, every token identical): 1e-2, as fp16.
+TOLERANCE = {"fp32": (1.0, 1e-4), "int8": (0.75, 1e-2), "fp16": (0.75, 1e-2)}
 BEAM, BEAM_SOURCES = 4, 8
 
 
