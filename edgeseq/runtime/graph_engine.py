@@ -110,8 +110,8 @@ class GraphEngine:
         fixed = self._option_feeds(options, banned)
         for group in batches(self, sources):
             ids, mask = pad_batch([sources[i] for i in group], self.source_pad)
-            source = {"src_ids": ids, "src_mask": mask}
-            out = self.session.run({**{k: v.astype(self.dtypes[k], copy=False) for k, v in source.items()}, **fixed})
+            ids, mask = (a.astype(self.dtypes[k], copy=False) for k, a in (("src_ids", ids), ("src_mask", mask)))
+            out = self.session.run({"src_ids": ids, "src_mask": mask, **fixed})
             for i, hyps in zip(group, hypotheses(out["tokens"], out["lengths"], out["scores"], options.nbest)):
                 results[i] = hyps
         return results
