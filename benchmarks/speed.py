@@ -13,7 +13,10 @@ as far as trained ones):
     file-greedy     a file of 10,000 sentences of 4-60 tokens (mixed, shuffled), a small Marian (d_model 256,
                     3+3 layers, vocabulary 8000), greedy, 32 tokens each, the whole process: `edgeseq generate
                     --input F --output O` against CTranslate2 `translate_batch` over the same list with its
-                    own batching (batch_type="tokens", --ct2-batch-tokens), text read and written by both
+                    own batching (batch_type="tokens", --ct2-batch-tokens), text read and written by both;
+                    edgeseq with its default for a file (--threads batches at once on one thread each),
+                    CTranslate2 with its default (one batch on --threads threads) and with the same
+                    arrangement as edgeseq's (inter_threads --threads, intra_threads 1: "inter")
     file-beam       the same file, beam 4
 
 Engines: edgeseq fp32 and dynamic-int8 (the runtime: numpy + onnxruntime), PyTorch eager (`generate()` for
@@ -218,17 +221,20 @@ def engine_edgeseq_file(work: Path, threads: int, workload: str, bundle: str, li
 
 
 def engine_ctranslate2_file(
-    work: Path, threads: int, workload: str, compute_type: str, lines: int, ct2_tokens: int
+    work: Path, threads: int, workload: str, compute_type: str, parallel: str, lines: int, ct2_tokens: int
 ) -> dict:
     """CTranslate2 over the same file: read, tokenize (the same SentencePiece model), translate_batch with its
-    own token batching, detokenize, write."""
+    own token batching, detokenize, write. `parallel` "intra": one batch at a time on `threads` threads (its
+    default); "inter": `threads` batches at once on one thread each (inter_threads: what edgeseq's --workers
+    does)."""
     import ctranslate2
     import sentencepiece as spm
 
     t = time.perf_counter()
     model_dir = work / f"ct2-small-{compute_type}"
+    inter = threads if parallel == "inter" else 1
     translator = ctranslate2.Translator(
-        str(model_dir), device="cpu", intra_threads=threads, inter_threads=1, compute_type=compute_type
+        str(model_dir), device="cpu", intra_threads=threads // inter, inter_threads=inter, compute_type=compute_type
     )
     sp = spm.SentencePieceProcessor(model_file=str(work / "hf-small" / "source.spm"))
     text = file_sentences(work, lines).read_text().splitlines()
@@ -241,7 +247,7 @@ def engine_ctranslate2_file(
         max_decoding_length=FILE_TOKENS,
         min_decoding_length=FILE_TOKENS,
     )
-    target = work / f"out-ct2-{compute_type}-{workload}.txt"
+    target = work / f"out-ct2-{compute_type}-{parallel}-{workload}.txt"
     # as the Marian tokenizer detokenizes (special pieces left out, pieces joined, word marks to spaces)
     special = {"<unk>", "<pad>", "</s>"}
     target.write_text(
@@ -327,7 +333,8 @@ def file_engines(work: Path) -> list[tuple[str, str]]:
     try:
         for compute_type, label in (("float32", "fp32"), ("int8", "int8")):
             ct2_model(work / "hf-small", work / f"ct2-small-{compute_type}", compute_type)
-            engines.append((f"ctranslate2 {label}", f"ctranslate2_file:{compute_type}"))
+            engines.append((f"ctranslate2 {label}", f"ctranslate2_file:{compute_type}:intra"))
+            engines.append((f"ctranslate2 {label} inter", f"ctranslate2_file:{compute_type}:inter"))
     except ImportError:
         print("ctranslate2 is not installed: skipped", file=sys.stderr)
     return engines
@@ -415,7 +422,9 @@ def report(workload: str, results: dict, threads: int, bandwidth: float, work: P
             )
 
 
-FILE_RATIOS = (("edgeseq fp32", "ctranslate2 fp32"), ("edgeseq int8", "ctranslate2 int8"))
+FILE_RATIOS = tuple(
+    (f"edgeseq {p}", f"ctranslate2 {p}{how}") for p in ("fp32", "int8") for how in ("", " inter")
+)  # edgeseq's default (one batch per thread) against CTranslate2's default and its inter_threads
 
 
 def same_lines(a: str, b: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -158,7 +159,15 @@ def decoding_flags(f):
     "over the step graph (every option); auto: the graph where it is faster (greedy, a few sources, a small "
     "model), else the loop.",
 )
-@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads (default: onnxruntime's choice).")
+@click.option(
+    "--threads", type=click.IntRange(1, 1024), help="Threads in all (default: onnxruntime's choice; --input: the CPUs)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Batches decoded at once, on --threads / N threads each (CPU; default: --input one per thread up to 4, "
+    "else 1). Each holds up to --batch-tokens in memory.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list with one object per source.")
 @click.option("--stream", is_flag=True, help="Print tokens as they are decided (with --json: one event per line).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files (very large bundles).")
@@ -176,6 +185,7 @@ def generate(
     provider: str,
     engine: str,
     threads: int | None,
+    workers: int | None,
     as_json: bool,
     stream: bool,
     no_verify: bool,
@@ -190,7 +200,7 @@ def generate(
     actors (--threads: CPUs and threads per actor), with the same output."""
     from edgeseq.cli_output import Output, Progress, write_results
     from edgeseq.runtime import Generator, load_bundle
-    from edgeseq.runtime.lines import Batching
+    from edgeseq.runtime.lines import Batching, split_threads
 
     if input_file and texts:
         raise OptionsError("give sources either as arguments or with --input, not both")
@@ -204,14 +214,20 @@ def generate(
     if use_ray or ray_address or actors:
         if not use_ray:
             raise OptionsError("--ray-address and --actors go with --ray")
-        if stream or provider != "cpu" or engine != "auto":
-            raise OptionsError("--ray decodes whole lines on CPUs: leave out --stream, --provider and --engine")
+        if stream or provider != "cpu" or engine != "auto" or workers:
+            raise OptionsError(
+                "--ray decodes whole lines on CPUs: leave out --stream, --provider, --engine and --workers"
+            )
         from edgeseq.ray import Cluster
 
         cluster = Cluster(actors or 2, threads or 1, ray_address, verify_checksums=not no_verify, note=_note)
         shown = progress if progress is not None else sys.stderr.isatty() and bool(input_file)
         lines = texts if not input_file else _input_lines(input_file)
         return _generate_on_ray(bundle, lines, output, as_json, shown, batching, cluster, flags)
+    if workers and workers > 1 and (provider != "cpu" or stream):
+        raise OptionsError("--workers decodes batches side by side on the CPU: leave out --provider and --stream")
+    workers, threads = split_threads(threads, workers, many=bool(input_file) and provider == "cpu" and not stream)
+    batching = dataclasses.replace(batching, workers=workers)
     loaded = load_bundle(bundle, verify_checksums=not no_verify)
     gen = Generator(loaded, provider=provider, threads=threads, engine=engine)
     if gen.note:

@@ -441,3 +441,33 @@ def test_constraints_that_exhaust_the_vocabulary_end_the_output(files, extra):
     assert r.returncode == 0 and r.stderr == "", r.stderr
     hyp = json.loads(r.stdout)[0]["hypotheses"][0]
     assert len(hyp["tokens"]) == len(set(hyp["tokens"])) and hyp["score"] is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "2", "--provider", "cuda"], "--workers decodes batches side by side on the CPU: leave out"),
+        (["--workers", "2", "--stream"], "--workers decodes batches side by side on the CPU: leave out"),
+        (["--workers", "2", "--ray"], "--ray decodes whole lines on CPUs: leave out --stream, --provider, --engine"),
+        (["--workers", "0"], "Invalid value for '--workers': 0 is not in the range 1<=x<=256"),
+    ],
+)
+def test_workers_that_cannot_apply_are_refused(files, args, message):
+    r = cli("generate", files["B"], "abc", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_file_gives_the_same_output_whatever_the_workers(files, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    lines = ["".join(rng.choice(list("abcdefghij"), size=rng.integers(1, 12))) for _ in range(300)]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    outputs = []
+    for workers in ("1", "3"):
+        out = tmp_path / f"out{workers}.txt"
+        r = cli("generate", files["B"], "--input", tmp_path / "in.txt", "--output", out, "--batch-tokens", "256",
+                "--workers", workers, "--threads", "2")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 300

@@ -1,11 +1,13 @@
 """Translating a stream of lines (runtime/lines.py): bounded batches, input order, bad lines."""
 
+import threading
+
 import numpy as np
 import pytest
 
-from edgeseq.errors import InputError
+from edgeseq.errors import InputError, OptionsError
 from edgeseq.runtime import DecodingOptions, Generator
-from edgeseq.runtime.lines import Batching
+from edgeseq.runtime.lines import DEFAULT_WORKERS, Batching, split_threads, spread, usable_cpus
 
 
 def lines_of(gen, count, seed=0):
@@ -145,3 +147,71 @@ def test_beam_batches_count_the_context_once_per_source_where_the_step_takes_it_
         assert max(per_row) > 400  # batches the per-row count would have cut
     else:
         assert all(t <= 400 for b, t in zip(seen, per_row) if len(b) > 1)
+
+
+def test_workers_decode_batches_side_by_side_with_the_same_results(recorded, monkeypatch):
+    """Two batches are in translate_ids at once (the first two calls wait at a barrier that both must reach:
+    one worker alone would time out), and the results are those of one batch, in input order."""
+    gen, batches = recorded
+    options, texts = DecodingOptions(max_new_tokens=6), lines_of(gen, 120, seed=3)
+    expected = [t.text for t in gen.generate(texts, options)]  # one batch
+    batches.clear()
+    barrier, calls, threads, inner = threading.Barrier(2, timeout=30), [], set(), gen.translate_ids
+
+    def translate_ids(sources, options):
+        threads.add(threading.get_ident())
+        calls.append(None)  # (atomic)
+        if len(calls) <= 2:
+            barrier.wait()
+        return inner(sources, options)
+
+    monkeypatch.setattr(gen, "translate_ids", translate_ids)
+    got = list(gen.translate_lines(iter(texts), options, Batching(max_tokens=400, window=3, workers=2)))
+    assert [r.line for r in got] == list(range(1, 121))
+    assert [r.translation.text for r in got] == expected
+    assert len(threads) == 2 and threading.get_ident() not in threads and not barrier.broken
+    assert len(batches) > 6 and sum(map(len, batches)) == 120
+
+
+def test_a_window_of_one_batch_is_halved_for_two_workers(recorded):
+    gen, batches = recorded
+    texts = lines_of(gen, 30, seed=4)
+    list(gen.translate_lines(iter(texts), DecodingOptions(max_new_tokens=4), Batching(workers=2)))
+    assert sorted(map(len, batches)) == [15, 15]
+    assert max(batches[0] + batches[1]) == max(map(len, (gen.encode(t) for t in texts)))
+
+
+@pytest.mark.parametrize(
+    "batches, workers, expected",
+    [
+        ([[1, 2, 3, 4], [5]], 3, [[1, 2], [3, 4], [5]]),
+        ([[1, 2, 3, 4, 5]], 4, [[1], [2], [3], [4, 5]]),
+        ([[1], [2]], 4, [[1], [2]]),
+        ([[1, 2], [3, 4], [5, 6]], 2, [[1, 2], [3, 4], [5, 6]]),
+        ([], 2, []),
+    ],
+)
+def test_spread_halves_the_largest_batches_in_order(batches, workers, expected):
+    assert spread(batches, workers) == expected
+
+
+@pytest.mark.parametrize(
+    "threads, workers, many, expected",
+    [
+        (2, None, True, (2, 1)),  # a file: one batch per thread
+        (16, None, True, (4, 4)),  # at most DEFAULT_WORKERS, the threads shared out
+        (3, 1, True, (1, 3)),
+        (None, None, False, (1, None)),  # a few sources: onnxruntime's choice of threads
+        (8, 2, False, (2, 4)),
+        (1, 4, True, (4, 1)),  # more workers than threads: one each
+    ],
+)
+def test_threads_are_shared_out_among_workers(threads, workers, many, expected):
+    assert split_threads(threads, workers, many) == expected
+    assert split_threads(None, None, True)[0] == min(usable_cpus(), DEFAULT_WORKERS)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 257, 2.0, "2"])
+def test_bad_worker_counts_are_refused(workers):
+    with pytest.raises(OptionsError, match=r"workers \(--workers\) must be in 1\.\.256"):
+        Batching(workers=workers)

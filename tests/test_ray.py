@@ -161,7 +161,7 @@ def test_cli_refusals_without_a_cluster(corpus, tmp_path):
     r = edgeseq("generate", bundle, "abc", "--actors", "2")
     assert r.returncode == 2 and r.stderr == "edgeseq: error: --ray-address and --actors go with --ray\n"
     r = edgeseq("generate", bundle, "abc", "--ray", "--stream")
-    assert r.returncode == 2 and "leave out --stream, --provider and --engine" in r.stderr
+    assert r.returncode == 2 and "leave out --stream, --provider, --engine and --workers" in r.stderr
     args = ["generate", str(bundle), "abc", "--ray"]
     code = f"import sys; sys.modules['ray'] = None; from edgeseq.cli import main; main({args!r})"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)  # ray missing

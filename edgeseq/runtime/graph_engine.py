@@ -90,11 +90,11 @@ class GraphEngine:
     def _option_feeds(self, options: DecodingOptions, banned: Sequence[int]) -> dict[str, np.ndarray]:
         """option_feeds cast to the graph's dtypes, kept for the next call with the same options (a call
         for one short source costs ~0.5 ms: building them each time was ~5% of it)."""
-        key = (options, tuple(banned))
-        if self._options is None or self._options[0] != key:
+        key, last = (options, tuple(banned)), self._options  # (read once: threads may share this engine)
+        if last is None or last[0] != key:
             feeds = option_feeds(options, banned)
-            self._options = (key, {k: v.astype(self.dtypes[k], copy=False) for k, v in feeds.items()})
-        return self._options[1]
+            last = self._options = (key, {k: v.astype(self.dtypes[k], copy=False) for k, v in feeds.items()})
+        return last[1]
 
     def decode(
         self, sources: Sequence[Sequence[int]], options: DecodingOptions, banned: Sequence[int] = ()
