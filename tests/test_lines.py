@@ -23,9 +23,9 @@ def recorded(bundle_factory, monkeypatch):
     batches = []
     original = gen.translate_ids
 
-    def translate_ids(sources, options):
+    def translate_ids(sources, options, **kw):
         batches.append([len(s) for s in sources])
-        return original(sources, options)
+        return original(sources, options, **kw)
 
     monkeypatch.setattr(gen, "translate_ids", translate_ids)
     return gen, batches
@@ -131,9 +131,9 @@ def test_beam_batches_count_the_context_once_per_source_where_the_step_takes_it_
     assert gen.bundle.manifest.decoder.context_per_source
     batches, original = [], gen.translate_ids
 
-    def translate_ids(sources, options):
+    def translate_ids(sources, options, **kw):
         batches.append([len(s) for s in sources])
-        return original(sources, options)
+        return original(sources, options, **kw)
 
     monkeypatch.setattr(gen, "translate_ids", translate_ids)
     options, beam, texts = DecodingOptions(max_new_tokens=6, beam_size=3), 3, lines_of(gen, 80)
@@ -158,12 +158,12 @@ def test_workers_decode_batches_side_by_side_with_the_same_results(recorded, mon
     batches.clear()
     barrier, calls, threads, inner = threading.Barrier(2, timeout=30), [], set(), gen.translate_ids
 
-    def translate_ids(sources, options):
+    def translate_ids(sources, options, **kw):
         threads.add(threading.get_ident())
         calls.append(None)  # (atomic)
         if len(calls) <= 2:
             barrier.wait()
-        return inner(sources, options)
+        return inner(sources, options, **kw)
 
     monkeypatch.setattr(gen, "translate_ids", translate_ids)
     got = list(gen.translate_lines(iter(texts), options, Batching(max_tokens=400, window=3, workers=2)))
@@ -175,9 +175,9 @@ def test_workers_decode_batches_side_by_side_with_the_same_results(recorded, mon
 
 def test_a_window_of_one_batch_is_halved_for_two_workers(recorded):
     gen, batches = recorded
-    texts = lines_of(gen, 30, seed=4)
+    texts = lines_of(gen, 80, seed=4)  # (more sources than engine 'auto' gives generate.onnx: the loop)
     list(gen.translate_lines(iter(texts), DecodingOptions(max_new_tokens=4), Batching(workers=2)))
-    assert sorted(map(len, batches)) == [15, 15]
+    assert sorted(map(len, batches)) == [40, 40]
     assert max(batches[0] + batches[1]) == max(map(len, (gen.encode(t) for t in texts)))
 
 
@@ -215,3 +215,18 @@ def test_threads_are_shared_out_among_workers(threads, workers, many, expected):
 def test_bad_worker_counts_are_refused(workers):
     with pytest.raises(OptionsError, match=r"workers \(--workers\) must be in 1\.\.256"):
         Batching(workers=workers)
+
+
+def test_engine_auto_decodes_a_stream_of_batches_with_the_loop_alone(bundle_factory):
+    """generate.onnx only for an input of one batch: a stream would hold both engines' memory."""
+    bundle = bundle_factory()[0]
+    gen, options = Generator(bundle), DecodingOptions(max_new_tokens=6)
+    assert gen.engine == "auto" and gen.auto_graph and gen.takes_graph(options, 10)
+    texts = lines_of(gen, 120, seed=5)
+    for workers in (1, 2):
+        got = list(gen.translate_lines(iter(texts), options, Batching(max_tokens=400, window=3, workers=workers)))
+        assert gen._graph is None
+    loop = Generator(bundle, engine="loop").generate(texts, options)
+    assert [r.translation.text for r in got] == [t.text for t in loop]
+    few = [r.translation.text for r in gen.translate_lines(iter(texts[:5]), options, Batching(workers=2))]
+    assert gen._graph is not None and few == [t.text for t in loop[:5]]

@@ -273,6 +273,7 @@ class Generator:
         self._loop_args = (provider, threads, io_binding, use_head, inplace_states)
         self._backend: OrtBackend | None = None
         self._graph: GraphEngine | None = None
+        self._loading = threading.Lock()  # threads sharing this Generator load each engine once
         self._graph_args = (provider, threads)
         self.auto_graph = (
             engine == "auto"
@@ -294,17 +295,19 @@ class Generator:
     @property
     def graph(self) -> GraphEngine | None:
         """generate.onnx's engine, if this Generator may decode with it (loaded the first time it is needed)."""
-        if self._graph is None and self.auto_graph:
-            self._graph = GraphEngine(self.bundle, *self._graph_args)
+        with self._loading:
+            if self._graph is None and self.auto_graph:
+                self._graph = GraphEngine(self.bundle, *self._graph_args)
         return self._graph
 
     @property
     def backend(self) -> OrtBackend:
         """The Python loop's backend (its sessions load the first time it is needed)."""
-        if self._backend is None:
-            if self.engine == "graph":
-                raise OptionsError("this Generator decodes with the generate graph only (engine 'graph')")
-            self._backend = OrtBackend(self.bundle, *self._loop_args)
+        with self._loading:
+            if self._backend is None:
+                if self.engine == "graph":
+                    raise OptionsError("this Generator decodes with the generate graph only (engine 'graph')")
+                self._backend = OrtBackend(self.bundle, *self._loop_args)
         return self._backend
 
     @property
@@ -312,14 +315,13 @@ class Generator:
         """A provider fallback that 'auto' made, for the user to see."""
         return (self._graph or self.backend).note
 
-    def _graph_for(self, options: DecodingOptions, sources: int) -> GraphEngine | None:
-        """The generate graph, if it is to decode `sources` sources with `options` (engine 'graph', or 'auto'
-        where it is faster: see AUTO_GRAPH_WEIGHTS)."""
-        if self.engine == "graph":
-            return self._graph
-        if not self.auto_graph or options.beam_size > 1 or sources > AUTO_GRAPH_SOURCES or graph_problems(options):
-            return None
-        return self.graph
+    def takes_graph(self, options: DecodingOptions, sources: int) -> bool:
+        """Whether the generate graph decodes `sources` sources with `options` (engine 'graph', or 'auto' where
+        it is faster: see AUTO_GRAPH_WEIGHTS)."""
+        if self.engine != "auto":
+            return self.engine == "graph"
+        greedy = options.beam_size == 1 and not graph_problems(options)
+        return self.auto_graph and greedy and sources <= AUTO_GRAPH_SOURCES
 
     def default_options(self) -> DecodingOptions:
         """The bundle's decoding defaults (its manifest's `generation`, and max_new_tokens)."""
@@ -341,10 +343,11 @@ class Generator:
         return self.translate_ids([self.encode(t) for t in texts], options)
 
     def translate_ids(
-        self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None
+        self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None, auto_graph: bool = True
     ) -> list[Translation]:
-        """Like generate_ids, with each source's hypotheses as text."""
-        return [self._translation(h) for h in self.generate_ids(sources, options)]
+        """Like generate_ids, with each source's hypotheses as text; `auto_graph` False: engine 'auto' decodes
+        with the loop (lines.py: a stream of batches holds one engine's sessions and memory, not both)."""
+        return [self._translation(h) for h in self.generate_ids(sources, options, auto_graph)]
 
     def translate_lines(
         self, lines: Iterable[str], options: DecodingOptions | None = None, batching: Batching = Batching()
@@ -355,17 +358,17 @@ class Generator:
         return translate_lines(self, lines, options, batching)
 
     def generate_ids(
-        self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None
+        self, sources: Sequence[Sequence[int]], options: DecodingOptions | None = None, auto_graph: bool = True
     ) -> list[list[Hypothesis]]:
         """Decode source id lists; per source, its hypotheses best first.
 
         Each list is exactly what the encoder reads: framed already (what `encode(text)` returns, e.g.
         `<bos> ... <eos>` or `... </s>` as the bundle's source_framing says), ids in 0..source_vocab_size-1.
+        `auto_graph` False: engine 'auto' decodes with the loop.
         """
         options = self._check(sources, options or self.options)
-        graph = self._graph_for(options, len(sources))
-        if graph is not None:
-            return graph.decode(sources, options, self._banned())
+        if self.takes_graph(options, len(sources)) and (auto_graph or self.engine == "graph"):
+            return self.graph.decode(sources, options, self._banned())
         return decode(self.backend, self.bundle.manifest.decoder, sources, options, self._banned())
 
     def stream(self, texts: str | Sequence[str], options: DecodingOptions | None = None) -> Iterator[StreamedToken]:
