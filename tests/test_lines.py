@@ -230,3 +230,19 @@ def test_engine_auto_decodes_a_stream_of_batches_with_the_loop_alone(bundle_fact
     assert [r.translation.text for r in got] == [t.text for t in loop]
     few = [r.translation.text for r in gen.translate_lines(iter(texts[:5]), options, Batching(workers=2))]
     assert gen._graph is not None and few == [t.text for t in loop[:5]]
+
+
+def test_a_failing_batch_stops_the_run_and_its_workers(recorded, monkeypatch):
+    gen, batches = recorded
+    inner, before = gen.translate_ids, threading.active_count()
+
+    def translate_ids(sources, options, **kw):
+        if len(batches) >= 2:
+            raise MemoryError("no room")
+        return inner(sources, options, **kw)
+
+    monkeypatch.setattr(gen, "translate_ids", translate_ids)
+    texts = lines_of(gen, 120, seed=6)
+    with pytest.raises(MemoryError, match="no room"):
+        list(gen.translate_lines(iter(texts), DecodingOptions(max_new_tokens=6), Batching(max_tokens=400, workers=2)))
+    assert threading.active_count() == before  # the pool's threads ended with the run
