@@ -295,19 +295,21 @@ class Generator:
     @property
     def graph(self) -> GraphEngine | None:
         """generate.onnx's engine, if this Generator may decode with it (loaded the first time it is needed)."""
-        with self._loading:
-            if self._graph is None and self.auto_graph:
-                self._graph = GraphEngine(self.bundle, *self._graph_args)
+        if self._graph is None and self.auto_graph:
+            with self._loading:  # (taken only until it is loaded: a short call reads this every time)
+                if self._graph is None:
+                    self._graph = GraphEngine(self.bundle, *self._graph_args)
         return self._graph
 
     @property
     def backend(self) -> OrtBackend:
         """The Python loop's backend (its sessions load the first time it is needed)."""
-        with self._loading:
-            if self._backend is None:
-                if self.engine == "graph":
-                    raise OptionsError("this Generator decodes with the generate graph only (engine 'graph')")
-                self._backend = OrtBackend(self.bundle, *self._loop_args)
+        if self._backend is None:
+            if self.engine == "graph":
+                raise OptionsError("this Generator decodes with the generate graph only (engine 'graph')")
+            with self._loading:
+                if self._backend is None:
+                    self._backend = OrtBackend(self.bundle, *self._loop_args)
         return self._backend
 
     @property
