@@ -83,6 +83,36 @@ def test_beam_search_with_one_beam_is_greedy(family_bundles, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_beam_search_runs_its_first_step_on_one_row_per_source(family_bundles, family, monkeypatch):
+    """All k beams of a source start identical: the first step runs one row per source, the next k rows per
+    source, and the hypotheses are those of k rows from the start (HF's way: all but one at -1e9). A vocabulary
+    with fewer than 2k allowed tokens at the first step starts with k rows."""
+    from edgeseq.runtime import search
+
+    gen, _, sv = family_bundles[family]
+    sources, options = mixed_sources(sv), DecodingOptions(max_new_tokens=8, beam_size=4, nbest=4)
+    rows, step = [], gen.backend.step
+    monkeypatch.setattr(
+        gen.backend,
+        "step",
+        lambda feeds, *a, **kw: (
+            rows.append(len(feeds[gen.bundle.manifest.decoder.tokens_input])) or step(feeds, *a, **kw)
+        ),
+    )
+    fast = gen.generate_ids(sources, options)
+    assert rows[:2] == [len(sources), 4 * len(sources)]
+    rows.clear()
+    monkeypatch.setattr(search, "_first_alone", lambda *a: False)
+    plain = gen.generate_ids(sources, options)
+    assert rows[0] == 4 * len(sources)
+    assert_same(fast, plain)
+    monkeypatch.undo()
+    vocab = gen.backend.step_graph.output(gen.bundle.manifest.decoder.logits_output).shape[-1]
+    assert search._first_alone(options, (), vocab) and not search._first_alone(options, tuple(range(vocab - 8)), vocab)
+    assert not search._first_alone(options.replace(forced_bos_token=3), (), vocab)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_beam_search_scores_at_least_greedy(family_bundles, family):
     gen, _, sv = family_bundles[family]
     sources = mixed_sources(sv)

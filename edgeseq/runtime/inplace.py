@@ -9,8 +9,9 @@ every step, grows past both (beam 4 over 16 sources of a Marian base, 64 tokens:
 int8, the same hypotheses, the same speed).
 
 How each state's shape changes from one step to the next is learnt from the first two steps (run as
-usual, and agreeing): its rows along the batch axis, and at most one other axis one longer a step (a
-self-attention cache) or none (an RNN's h and c). A state that changes otherwise is left to ONNX Runtime.
+usual, and agreeing): its rows along the batch axis (the more of the two: beam search's first step runs one
+row per source), and at most one other axis one longer a step (a self-attention cache) or none (an RNN's h
+and c). A state that changes otherwise is left to ONNX Runtime.
 Buffers are sized for the rows and steps of the decode; their pages are touched only as the states grow
 into them. A state that later changes shape otherwise than it did in the first two steps (ONNX Runtime
 refuses the bound output: nothing is written out of bounds) stops the decode with an error, as its input
@@ -104,7 +105,8 @@ class StateBuffers:
             fixed = [a for a in range(len(shape)) if a not in (s.batch_axis, axis)]
             if axis != first_axis or any(shape[a] != first_shape[a] for a in fixed):
                 continue
-            largest = list(first_shape)  # the first step's rows: rows only leave the batch after it
+            largest = list(first_shape)  # the most rows of the two steps (beam search's first may have fewer)
+            largest[s.batch_axis] = max(shape[s.batch_axis], first_shape[s.batch_axis])  # rows only leave later
             if axis is not None:
                 largest[axis] += self.steps - 1  # as long as it gets
             self.growth[s.input] = (tuple(largest), axis)

@@ -232,16 +232,20 @@ class BeamSearch(_Search):
         super().__init__(source_lengths, special_tokens, options, banned, vocab)
         self.k = options.beam_size
         n = len(source_lengths)
-        self.sources = np.arange(n)  # sources still searching, in batch order; each has k rows
-        self.history = np.full((n * self.k, 1), special_tokens["decoder_start"], dtype=np.int64)
-        self.beam_scores = np.zeros((n, self.k), dtype=np.float32)  # float32, as HF's scores
+        # HF starts k identical rows per source, all but the first at -1e9, so only the first expands: the first
+        # step runs on that row alone where that gives the same 2k candidates (runtime/loop.py gathers each
+        # source's row k times after it; the first step then costs a k-th of a step)
+        first = 1 if _first_alone(options, banned, vocab) else self.k
+        self.sources = np.arange(n)  # sources still searching, in batch order; each has k rows (`first` at first)
+        self.history = np.full((n * first, 1), special_tokens["decoder_start"], dtype=np.int64)
+        self.beam_scores = np.zeros((n, first), dtype=np.float32)  # float32, as HF's scores
         self.beam_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand
         self.align: np.ndarray | None = None  # (rows, t, src_len) when alignments are asked for
         self.finished: list[list[tuple[float, tuple[int, ...], np.ndarray | None]]] = [[] for _ in range(n)]
         self.full = np.zeros(n, dtype=bool)  # sources with k finished hypotheses
 
     def start_rows(self) -> np.ndarray:
-        return np.repeat(self.sources, self.k)
+        return np.repeat(self.sources, self.beam_scores.shape[1])
 
     def last_tokens(self) -> np.ndarray:
         return self.history[:, -1]
@@ -250,11 +254,14 @@ class BeamSearch(_Search):
         """The head's top 2k per source, unless a processor beyond a bias acts at this step."""
         if BEAM not in offers or not self.vocab or beyond_bias(self.options, step):
             return None
+        if self.beam_scores.shape[1] < self.k:  # the first step on one row per source: the head would take 2
+            return None
         return HeadRequest(BEAM, self.bias(step), self.beam_scores)
 
     def update(self, step: int, result: StepOutput) -> np.ndarray | None:
         k, o, vocab = self.k, self.options, self.vocab
         length, last = step + 1, step + 1 >= o.max_new_tokens  # tokens once this step's token is appended
+        per = self.beam_scores.shape[1]  # rows per source: k, or 1 at the first step
         if result.chosen is not None:  # (n, 2k) best continuations and their flat ids (beam * V + token)
             best, top = (np.asarray(a) for a in result.chosen)
         else:
@@ -262,7 +269,7 @@ class BeamSearch(_Search):
             vocab = logits.shape[-1]
             logprobs = process(log_softmax(logits), self.history, step, o, self.eos, self.banned)
             # float32 like HF's scores: a float64 sum over (rows, V) would double the memory traffic
-            flat = (logprobs + self.beam_scores.reshape(-1, 1)).reshape(len(self.sources), k * vocab)
+            flat = (logprobs + self.beam_scores.reshape(-1, 1)).reshape(len(self.sources), per * vocab)
             top = top_indices(flat, 2 * k)  # (n, 2k) best continuations, best first
             best = np.take_along_axis(flat, top, axis=-1)
         alignment = result.alignment
@@ -270,7 +277,7 @@ class BeamSearch(_Search):
             step_align = alignment[:, None, :]
             self.align = step_align if self.align is None else np.concatenate([self.align, step_align], axis=1)
         n = len(self.sources)
-        rows = np.arange(n)[:, None] * k + top // vocab  # (n, 2k) the row each candidate extends
+        rows = np.arange(n)[:, None] * per + top // vocab  # (n, 2k) the row each candidate extends
         tokens = (top % vocab).astype(np.int64, copy=False)
         ends = np.ones_like(tokens, dtype=bool) if last else tokens == self.eos
         for i, rank in zip(*np.nonzero(ends[:, :k])):  # the top k that end close a hypothesis, best first
@@ -324,6 +331,13 @@ class BeamSearch(_Search):
             best = sorted(hyps, key=lambda h: -h[0])[: self.options.nbest]
             out.append([Hypothesis(tokens, score, align) for score, tokens, align in best])
         return out
+
+
+def _first_alone(options: DecodingOptions, banned: tuple[int, ...], vocab: int) -> bool:
+    """Whether beam search's first step on one row per source gives HF's 2k candidates: that row leaves at
+    least 2k tokens allowed (nothing at that step but bans and </s> before the minimum length, and a vocabulary
+    larger than 2k of them plus those), so none of the -1e9 rows' candidates is among the 2k best."""
+    return bool(vocab) and not beyond_bias(options, 0) and vocab >= 2 * options.beam_size + len(set(banned)) + 1
 
 
 def make_strategy(
