@@ -246,3 +246,50 @@ def test_a_failing_batch_stops_the_run_and_its_workers(recorded, monkeypatch):
     with pytest.raises(MemoryError, match="no room"):
         list(gen.translate_lines(iter(texts), DecodingOptions(max_new_tokens=6), Batching(max_tokens=400, workers=2)))
     assert threading.active_count() == before  # the pool's threads ended with the run
+
+
+def test_the_next_window_decodes_while_the_last_batch_of_one_does(recorded, monkeypatch):
+    """With two workers, the first batch of the second window starts while the last batch of the first is still
+    decoding (both wait at a barrier: one window at a time would time out there); the results and their order
+    are those of one batch."""
+    from edgeseq.runtime.lines import _cost, cut_batches, windows
+
+    gen, batches = recorded
+    options, texts = DecodingOptions(max_new_tokens=6), lines_of(gen, 120, seed=7)
+    batching = Batching(max_tokens=400, window=3, workers=2)
+    first = next(windows(gen.bundle, iter(texts), options, batching))
+    ordered = sorted(first, key=lambda item: len(item[2]))
+    size = len(spread(cut_batches(ordered, 400, _cost(gen.bundle, options), gen.bundle), 2))
+    assert size >= 2 and len(first) < len(texts)
+    expected = [t.text for t in gen.generate(texts, options)]
+    batches.clear()
+    barrier, inner, calls = threading.Barrier(2, timeout=30), gen.translate_ids, []
+
+    def translate_ids(sources, options, **kw):
+        calls.append(None)  # (atomic: the call's place in the queue)
+        if len(calls) in (size, size + 1):  # the last of the first window, the first of the second
+            barrier.wait()
+        return inner(sources, options, **kw)
+
+    monkeypatch.setattr(gen, "translate_ids", translate_ids)
+    got = list(gen.translate_lines(iter(texts), options, batching))
+    assert not barrier.broken and len(batches) > size + 1
+    assert [r.line for r in got] == list(range(1, 121)) and [r.translation.text for r in got] == expected
+
+
+def test_a_read_error_comes_after_the_lines_before_it_with_workers(recorded):
+    """The window before a line that cannot be read is given back in full, then the error naming that line."""
+    gen, _ = recorded
+    texts = lines_of(gen, 90, seed=8)
+
+    def lines():
+        yield from texts
+        raise InputError("stdin, line 91: not UTF-8 text")
+
+    got = []
+    with pytest.raises(InputError, match="line 91: not UTF-8"):
+        for result in gen.translate_lines(
+            lines(), DecodingOptions(max_new_tokens=4), Batching(max_tokens=400, window=3, workers=2)
+        ):
+            got.append(result)
+    assert [r.line for r in got] == list(range(1, 91)) and all(r.translation for r in got)

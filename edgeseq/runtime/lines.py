@@ -12,7 +12,9 @@ With `workers` > 1 (on the CPU), that many threads decode a window's batches at 
 thread that asks for it: with sessions of one intra-op thread each (Generator(threads=1)), two batches on two
 cores decode ~1.3x faster than one batch at a time on both (an operator's work split over threads waits for
 its slowest part, and no thread pool spins between graphs), at the memory of one batch more in flight. A
-window cut into fewer batches than workers has its largest batches halved until each worker has one.
+window cut into fewer batches than workers has its largest batches halved until each worker has one. The next
+window is read (in a thread of its own) while one decodes and queued behind it, so no worker waits at the end
+of a window for another's last batch; at most two windows are queued, so memory still depends on the window.
 
 A line the model cannot take (empty, too long, a character the vocabulary lacks and has no <unk> for) stops
 the run with an error naming its line number, or, with `on_error="skip"`, comes back with its error and no
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import codecs
 import os
+import queue
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -115,24 +120,54 @@ def read_lines(stream: BinaryIO, name: str, max_line_bytes: int = MAX_LINE_BYTES
 def translate_lines(
     gen: Generator, lines: Iterable[str], options: DecodingOptions, batching: Batching = Batching()
 ) -> Iterator[LineResult]:
-    """Translate `lines` in input order (see the module docstring)."""
+    """Translate `lines` in input order (see the module docstring).
+
+    With workers, the next window is read (by a thread of its own: reading stdin may wait for its writer) while
+    this one decodes, and its batches join the queue as soon as it is read: the workers do not wait at the
+    end of each window for its last batch (~3% of a file's time with two workers). At most two windows are in
+    the queue; a window's results are given back as soon as it is done, whatever the next one is doing."""
     cost = _cost(gen.bundle, options, graph=gen.engine == "graph")
     pool = ThreadPoolExecutor(batching.workers, "edgeseq-batch") if batching.workers > 1 else None
+    source = windows(gen.bundle, lines, options, batching)
+    reader = _Reader(source) if pool is not None else None
+    pending: deque[_Window] = deque()  # windows whose batches are decoding or decoded, in input order
+    later = Future()  # without workers: the next window is read once this one is out, not before
+    reading: Future | None = reader.next() if reader else later
+    failed: EdgeseqError | None = None  # a read error: raised once the windows before it are out
+    started = 0
     try:
-        for count, window in enumerate(windows(gen.bundle, lines, options, batching)):
-            bad = next((i for i, item in enumerate(window) if item[3] is not None), None)
-            stop = bad is not None and batching.on_error == "stop"
-            todo = window[:bad] if stop else window
-            ok = [item for item in todo if item[3] is None]
-            results = _decode_window(gen, ok, options, batching, cost, pool, first=count == 0)
-            for number, text, _, error in todo:
-                yield LineResult(number, text, results.get(number), error)
-            if stop:
-                number, _, _, error = window[bad]
-                raise InputError(f"line {number}: {error}")
+        while True:
+            # take in what is read: a window in the queue while another decodes, or, with none decoding, wait
+            while reading is not None and len(pending) < (2 if pool else 1) and (reading.done() or not pending):
+                if reading is later:
+                    reading = _now(next, source, None)
+                try:
+                    window = reading.result()
+                except EdgeseqError as e:
+                    window, failed = None, e
+                if window is None:
+                    reading = None
+                    break
+                pending.append(_start_window(gen, window, options, batching, cost, pool, first=started == 0))
+                started += 1
+                reading = None if pending[-1].stop else (reader.next() if reader else later)
+            if not pending:
+                break
+            head = pending[0]
+            waits = [f for f in head.futures if not f.done()]
+            if waits:  # until the head window is done, or the next window is read (then queued at once)
+                more = [reading] if reading is not None and len(pending) < 2 else []
+                wait(waits + more, return_when=FIRST_COMPLETED)
+                continue
+            pending.popleft()
+            yield from head.results()
+        if failed is not None:
+            raise failed
     finally:
         if pool is not None:  # batches not started are dropped; running ones end (a batch is short)
             pool.shutdown(wait=True, cancel_futures=True)
+        if reader is not None:
+            reader.close(reading)
 
 
 def windows(bundle: Bundle, lines: Iterable[str], options: DecodingOptions, batching: Batching) -> Iterator[list]:
@@ -186,35 +221,103 @@ def _encode(bundle: Bundle, number: int, text: str) -> tuple[int, str, list[int]
     return number, text, ids, None
 
 
-def _decode_window(
+@dataclass
+class _Window:
+    """A window being decoded: its lines (up to a line that stops the run), each batch's future."""
+
+    todo: list  # (number, text, ids or None, error or None)
+    stop: tuple[int, str] | None  # the line that stops the run after these, and its error
+    batches: list[list]
+    futures: list[Future]
+
+    def results(self) -> Iterator[LineResult]:
+        """The window's lines in input order, then the error of the line that stops the run, if any."""
+        results: dict[int, Translation] = {}
+        for batch, future in zip(self.batches, self.futures):
+            for (number, *_), translation in zip(batch, future.result()):
+                results[number] = translation
+        for number, text, _, error in self.todo:
+            yield LineResult(number, text, results.get(number), error)
+        if self.stop is not None:
+            raise InputError(f"line {self.stop[0]}: {self.stop[1]}")
+
+
+def _start_window(
     gen: Generator,
-    items: list,
+    window: list,
     options: DecodingOptions,
     batching: Batching,
     cost: Callable[[int], int],
     pool: ThreadPoolExecutor | None,
     first: bool,
-) -> dict[int, Translation]:
-    """Decode one window's sources, shortest first, in batches of at most max_tokens tokens (see above), by
-    `pool`'s threads if given. Engine 'auto' takes generate.onnx only for an input of one batch (the first
-    window, cut into one): a stream of batches of every size would load both engines and hold the memory of
-    both (a small int8 Marian's file: 457 MB peak RSS against 230) for a few percent at most."""
+) -> _Window:
+    """Queue one window's sources on `pool`'s threads (without a pool: decode them now), shortest first, in
+    batches of at most max_tokens tokens (see above). Engine 'auto' takes generate.onnx only for an input of
+    one batch (the first window, cut into one): a stream of batches of every size would load both engines and
+    hold the memory of both (a small int8 Marian's file: 457 MB peak RSS against 230) for a few percent at most."""
+    bad = next((i for i, item in enumerate(window) if item[3] is not None), None)
+    stop = None
+    if bad is not None and batching.on_error == "stop":
+        stop, window = (window[bad][0], window[bad][3]), window[:bad]
+    items = [item for item in window if item[3] is None]
     batches = cut_batches(sorted(items, key=lambda item: len(item[2])), batching.max_tokens, cost, gen.bundle)
     graph = first and len(batches) == 1 and gen.takes_graph(options, len(batches[0]))
-    if graph:
-        pool = None  # one call
-    elif pool is not None:
+    if pool is not None and not graph:
         batches = spread(batches, batching.workers)
 
     def decode(batch: list) -> list[Translation]:
         return gen.translate_ids([b[2] for b in batch], options, auto_graph=graph)
 
-    decoded = pool.map(decode, batches) if pool is not None else map(decode, batches)
-    results: dict[int, Translation] = {}
-    for batch, translations in zip(batches, decoded):
-        for (number, *_), translation in zip(batch, translations):
-            results[number] = translation
-    return results
+    if pool is None or graph:
+        futures = [_now(decode, batch) for batch in batches]
+    else:
+        futures = [pool.submit(decode, batch) for batch in batches]
+    return _Window(window, stop, batches, futures)
+
+
+def _now(fn: Callable, *args) -> Future:
+    """fn(*args) called now, as a done Future (its result, or what it raised)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:  # noqa: BLE001 (given back by result(), as a pool's future does)
+        future.set_exception(e)
+    return future
+
+
+class _Reader:
+    """Reads windows from an iterator in a daemon thread, one when asked: `next()` is a Future of the next
+    window (None at the end). A daemon thread, not a pool's: one waiting for stdin must not keep the process
+    from exiting."""
+
+    def __init__(self, source: Iterator) -> None:
+        self._source, self._asked = source, queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="edgeseq-read", daemon=True)
+        self._thread.start()
+
+    def next(self) -> Future:
+        future: Future = Future()
+        self._asked.put(future)
+        return future
+
+    def close(self, asked: Future | None) -> None:
+        """No more windows: the thread ends, now if `asked` (the last future from next()) can be cancelled or is
+        done, else once its read returns (reading stdin may wait for its writer: that is not waited for)."""
+        idle = asked is None or asked.cancel() or asked.done()
+        self._asked.put(None)
+        if idle:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (future := self._asked.get()) is not None:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                window = next(self._source, None)
+            except BaseException as e:  # noqa: BLE001 (raised where the window is taken)
+                future.set_exception(e)
+            else:
+                future.set_result(window)
 
 
 def cut_batches(items: list, max_tokens: int, cost: Callable[[int], int], bundle: Bundle) -> list[list]:
