@@ -179,7 +179,8 @@ class Loop:
                 scalar(self.cond, BOOL),
                 *(value(f"{self.name}.in.{k}", self.types[k]) for k in keys),
             ],
-            [scalar(outs[0], BOOL), *(value(o, self.types[k]) for o, k in zip(outs[1:], keys))],
+            # the condition: a scalar, or (1,) where that saves a Squeeze a token (greedy_single)
+            [value(outs[0], BOOL), *(value(o, self.types[k]) for o, k in zip(outs[1:], keys))],
         )
         o = self.outer
         final = o.op("Loop", [self.trips, o.const(True, np.bool_), *self.initial.values()], len(keys), body=body)
@@ -239,11 +240,11 @@ def greedy_fixed(o: Nodes, p: Parts, n: str) -> dict[str, str]:
     }
 
 
-def greedy_choice(b: Nodes, p: Parts, scores: str) -> tuple[str, str, str]:
+def greedy_choice(b: Nodes, p: Parts, scores: str, cast: bool = True) -> tuple[str, str, str]:
     """Each row's greedy choice from `scores` (rows, V), as the head's greedy branch (export/head.py): the
     argmax and its log-probability (a forced token: 0); a row with no allowed token ends with </s> and
     probability 0. Returns (the token, its log-probability as float64 (summed as a Python float, as the
-    loop's), whether it is </s>)."""
+    loop's; float32 as computed where not `cast`), whether it is </s>)."""
     eos_id = b.const(p.eos, np.int64)
     ninf = b.const(np.array(-np.inf, np.float32))
     chosen = b.op("ArgMax", [scores], axis=-1, keepdims=0)
@@ -251,7 +252,8 @@ def greedy_choice(b: Nodes, p: Parts, scores: str) -> tuple[str, str, str]:
     dead = b.op("Not", [b.op("Greater", [gain, ninf])])  # -inf or NaN: no allowed token
     chosen = b.op("Where", [dead, eos_id, chosen])
     ends = b.op("Equal", [chosen, eos_id])
-    return chosen, b.op("Cast", [b.op("Where", [dead, ninf, gain])], to=DOUBLE), ends
+    gain = b.op("Where", [dead, ninf, gain])
+    return chosen, b.op("Cast", [gain], to=DOUBLE) if cast else gain, ends
 
 
 def shown(b: Nodes, p: Parts, tokens: str, ends: str) -> str:
@@ -286,24 +288,26 @@ def greedy_select(
 
 
 def single_carry(loop: Loop, o: Nodes) -> dict[str, str]:
-    """greedy_single's own carried values: the tokens chosen so far (t,) (</s> as it is) and the score (1,)."""
+    """greedy_single's own carried values: the tokens chosen so far (t,) (</s> as it is) and their
+    log-probabilities (t,) float32, summed once after the loop (single_outputs)."""
     return {
         "hist": loop.carry("hist", o.const(np.zeros(0, np.int64)), INT),
-        "score": loop.carry("score", o.const(np.zeros(1, np.float64)), DOUBLE),
+        "gains": loop.carry("gains", o.const(np.zeros(0, np.float32)), FLOAT),
     }
 
 
 def greedy_single(b: Nodes, p: Parts, c: dict[str, str], scores: str) -> dict[str, str]:
     """greedy_select for one source: its row never leaves the batch (the loop ends when it chooses </s>),
     so nothing is scattered or gathered, and what can wait for the end does (single_outputs: </s> shown as
-    the pad, the length): 23 nodes a token, the step's included (the GRU of latency.py). The same choice,
-    score and length as greedy_select."""
-    chosen, gain, ends = greedy_choice(b, p, scores)
+    the pad, the length, the score summed in float64): 21 nodes a token, the step's included (the GRU of
+    latency.py), each ~0.35-0.7 us. The condition stays (1,) (no Squeeze). The same choice, score and length
+    as greedy_select."""
+    chosen, gain, ends = greedy_choice(b, p, scores, cast=False)
     return {
-        "going": b.op("Not", [b.op("Squeeze", [ends, b.const([0], np.int64)])]),
+        "going": b.op("Not", [ends]),
         "tok": chosen,
         "hist": b.op("Concat", [c["hist"], chosen], axis=0),
-        "score": b.op("Add", [c["score"], gain]),
+        "gains": b.op("Concat", [c["gains"], gain], axis=0),
     }
 
 
@@ -312,12 +316,13 @@ def single_outputs(o: Nodes, p: Parts, final: dict[str, str]) -> list[str]:
     history with </s> shown as the pad, the length (the tokens before </s>: it can only be the last)."""
     hist = final["hist"]
     ends = o.op("Equal", [hist, o.const(p.eos, np.int64)])
+    score = o.reduce("ReduceSum", o.op("Cast", [final["gains"]], to=DOUBLE), [0], keepdims=1)  # (1,)
     length = o.reduce("ReduceSum", o.op("Cast", [o.op("Not", [ends])], to=INT), [0], keepdims=1)  # (1,)
     one = o.const([1], np.int64)
     return [
         o.op("Unsqueeze", [shown(o, p, hist, ends), o.const([0, 1], np.int64)]),  # (1, 1, t)
         o.op("Unsqueeze", [length, one]),
-        o.op("Unsqueeze", [o.op("Cast", [final["score"]], to=FLOAT), one]),
+        o.op("Unsqueeze", [o.op("Cast", [score], to=FLOAT), one]),
     ]
 
 
