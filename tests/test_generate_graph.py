@@ -304,6 +304,28 @@ def test_one_engine_follows_each_calls_options(bundles):
             assert all(len(h.tokens) <= options.max_new_tokens for x in got for h in x)
 
 
+def test_one_source_feeds_as_a_padded_batch(bundles):
+    """The graph engine builds one source's inputs without pad_batch (a short call's Python): the same arrays,
+    the same refusal of an empty source, and a source longer than its cached mask still decodes."""
+    from edgeseq.errors import InputError
+    from edgeseq.runtime.batching import pad_batch
+
+    gen = Generator(bundles["gru"]["fp32"], engine="graph")
+    engine, source = gen.graph, sources_for(gen, 1)[0]
+    ids, mask = engine._source([source])
+    want_ids, want_mask = pad_batch([source], engine.source_pad)
+    for got, want, name in ((ids, want_ids, "src_ids"), (mask, want_mask, "src_mask")):
+        assert got.dtype == np.dtype(engine.dtypes[name]) and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(InputError, match="source 0 is empty"):
+        engine._source([[]])
+    engine._ones = engine._ones[:, :2]  # shorter than the source: pad_batch's arrays
+    np.testing.assert_array_equal(engine._source([source])[1], want_mask)
+    options = DecodingOptions(max_new_tokens=6)
+    loop = Generator(bundles["gru"]["fp32"], engine="loop").generate_ids([source], options)
+    assert same(engine.decode([source], options), loop)
+
+
 def same(a: list, b: list) -> bool:
     """The same hypotheses (tokens), scores equal to float32 precision (the graph sums them in float32)."""
     return [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b] and np.allclose(
