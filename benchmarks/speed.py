@@ -1,6 +1,7 @@
 """Decoding speed, side by side: edgeseq against PyTorch eager, CTranslate2 and Optimum (issue 7).
 
     .venv/bin/python benchmarks/speed.py [--work DIR] [--threads 2] [--optimum-python PATH] [--workload NAME]
+        [--rounds 3] [--file-rounds 1] [--json FILE]
 
 Models: a random-weight Marian model shaped like opus-mt-en-de (d_model 512, 6+6 layers, 8 heads, FFN 2048,
 vocabulary 58101), and the demo's attention-LSTM (`edgeseq demo`, trained once into the work folder).
@@ -29,6 +30,11 @@ Every engine is timed the same way from outside: the whole call for `tokens` tok
 tokens/s from the median), the call for 1 token (first-token latency: encoder, attention, one step), and
 the steady step time (full - first) / (tokens - 1). The floor is the bytes of weights one decoder step reads
 divided by the read bandwidth measured with the same thread count.
+
+Engines run in rounds, in turn (benchmarks/rounds.py): --rounds (3) for the in-memory workloads, --file-rounds
+(1: each file engine takes 1-2 minutes) for the file workloads. An engine's figures are its medians over the
+rounds; a ratio is taken within each round and given as the median with its range, so a slow phase of the
+machine during one engine's run does not decide it.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 from marian_model import SMALL, make_model
+from rounds import combined, in_rounds, shown
 
 SOURCE_LEN, NEW_TOKENS = 24, 64
 WORKLOADS = {  # name: (model, batch, beam)
@@ -416,10 +423,7 @@ def report(workload: str, results: dict, threads: int, bandwidth: float, work: P
     for a, b in RATIOS:
         if a in results and b in results:
             ra, rb = results[a], results[b]
-            print(
-                f"{a} / {b}: tokens/s {ra['tokens_per_s'] / rb['tokens_per_s']:.2f}x, "
-                f"peak RSS {ra['peak_rss_mb'] / rb['peak_rss_mb']:.2f}x"
-            )
+            print(f"{a} / {b}: tokens/s {shown(ra, rb, 'tokens_per_s')}, peak RSS {shown(ra, rb, 'peak_rss_mb')}")
 
 
 FILE_RATIOS = tuple(
@@ -448,8 +452,8 @@ def file_report(workload: str, results: dict, threads: int, lines: int) -> None:
             ra, rb = results[a], results[b]
             same = same_lines(ra["output"], rb["output"])
             print(
-                f"{a} / {b}: tokens/s {ra['tokens_per_s'] / rb['tokens_per_s']:.2f}x, "
-                f"peak RSS {ra['peak_rss_mb'] / rb['peak_rss_mb']:.2f}x; {100 * same:.1f}% of lines identical"
+                f"{a} / {b}: tokens/s {shown(ra, rb, 'tokens_per_s')}, peak RSS {shown(ra, rb, 'peak_rss_mb')}; "
+                f"{100 * same:.1f}% of lines identical"
             )
 
 
@@ -472,8 +476,8 @@ def markdown(data: dict) -> str:
                     f"| {r['peak_rss_mb']:.0f} |"
                 )
             ratios = [
-                f"{a} / {b}: {results[a]['tokens_per_s'] / results[b]['tokens_per_s']:.2f}x tokens/s, "
-                f"{results[a]['peak_rss_mb'] / results[b]['peak_rss_mb']:.2f}x peak RSS"
+                f"{a} / {b}: {shown(results[a], results[b], 'tokens_per_s')} tokens/s, "
+                f"{shown(results[a], results[b], 'peak_rss_mb')} peak RSS"
                 for a, b in FILE_RATIOS
                 if a in results and b in results
             ]
@@ -493,13 +497,46 @@ def markdown(data: dict) -> str:
                 f"| {r['step_ms']:.3f}{floor} | {r['peak_rss_mb']:.0f} | {r['load_s']:.2f} | {r['bytes'] / 1e6:.1f} |"
             )
         ratios = [
-            f"{a} / {b}: {results[a]['tokens_per_s'] / results[b]['tokens_per_s']:.2f}x tokens/s, "
-            f"{results[a]['peak_rss_mb'] / results[b]['peak_rss_mb']:.2f}x peak RSS"
+            f"{a} / {b}: {shown(results[a], results[b], 'tokens_per_s')} tokens/s, "
+            f"{shown(results[a], results[b], 'peak_rss_mb')} peak RSS"
             for a, b in RATIOS
             if a in results and b in results
         ]
         out.append("\n" + "; ".join(ratios) + ".\n")
     return "\n".join(out)
+
+
+def run_engine(args, workload: str, label: str, engine: str, python: str) -> dict | None:
+    """One engine of an in-memory workload in a process of its own; its figures, or None if it failed."""
+    cmd = [python, __file__, "--work", args.work, "--threads", str(args.threads), "--workload", workload]
+    around = read_bandwidth_gbs(args.threads) if label.startswith("edgeseq") else 0.0
+    out = subprocess.run([*cmd, "--engine", engine], capture_output=True, text=True)
+    if label.startswith("edgeseq"):
+        around = max(around, read_bandwidth_gbs(args.threads))
+    if out.returncode != 0:
+        err = out.stderr.strip().splitlines()
+        print(f"{workload} {label}: failed: {err[-1] if err else out.returncode}", file=sys.stderr)
+        return None
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if around:
+        result["bandwidth_gbs"] = around
+    return result
+
+
+def run_file_engine(args, workload: str, label: str, engines: dict[str, str]) -> dict | None:
+    """One engine of a file workload, the whole process timed; its figures, or None if it failed."""
+    cmd = [sys.executable, __file__, "--work", args.work, "--threads", str(args.threads), "--workload", workload]
+    cmd += ["--engine", engines[label], "--lines", str(args.lines), "--ct2-batch-tokens", str(args.ct2_batch_tokens)]
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t  # the whole process: start-up, loading, reading, writing
+    if out.returncode != 0:
+        err = out.stderr.strip().splitlines()
+        print(f"{workload} {label}: failed: {err[-1] if err else out.returncode}", file=sys.stderr)
+        return None
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    lines_per_s = args.lines / seconds
+    return {**result, "seconds": seconds, "lines_per_s": lines_per_s, "tokens_per_s": lines_per_s * FILE_TOKENS}
 
 
 def main() -> None:
@@ -510,6 +547,8 @@ def main() -> None:
     p.add_argument("--workload", choices=[*WORKLOADS, *FILE_WORKLOADS, "all"], default="all")
     p.add_argument("--lines", type=int, default=FILE_LINES, help="sentences in the file workloads' file")
     p.add_argument("--ct2-batch-tokens", type=int, default=2048, help="CTranslate2's max_batch_size (tokens)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the in-memory workloads (engines in turn)")
+    p.add_argument("--file-rounds", type=int, default=1, help="rounds of the file workloads (each ~1-2 min an engine)")
     p.add_argument("--json", help="also write every figure to this file")
     p.add_argument("--markdown", metavar="JSON", help="print the figures of a --json file as Markdown, and exit")
     p.add_argument("--engine", help=argparse.SUPPRESS)
@@ -544,55 +583,23 @@ def main() -> None:
     bandwidth = read_bandwidth_gbs(args.threads)
     everything = {}
     for workload in workloads:
-        results = {}
         if workload in FILE_WORKLOADS:
             file_sentences(work, args.lines)
-            for label, engine in file_engines(work):
-                cmd = [sys.executable, __file__, "--work", str(work), "--threads", str(args.threads)]
-                cmd += ["--workload", workload, "--engine", engine, "--lines", str(args.lines)]
-                cmd += ["--ct2-batch-tokens", str(args.ct2_batch_tokens)]
-                t = time.perf_counter()
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                seconds = time.perf_counter() - t  # the whole process: start-up, loading, reading, writing
-                if out.returncode != 0:
-                    err = out.stderr.strip().splitlines()
-                    print(f"{workload} {label}: failed: {err[-1] if err else out.returncode}", file=sys.stderr)
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                r.update(
-                    seconds=seconds,
-                    lines_per_s=args.lines / seconds,
-                    tokens_per_s=args.lines * FILE_TOKENS / seconds,
-                )
-                results[label] = r
+            engines = dict(file_engines(work))
+            runs = in_rounds(
+                list(engines), args.file_rounds, lambda label, w=workload, e=engines: run_file_engine(args, w, label, e)
+            )
+            results = {label: combined(r) for label, r in runs.items()}
             file_report(workload, results, args.threads, args.lines)
-            everything[workload] = results
-            continue
-        for label, engine, python in engines_for(workload, work, args.optimum_python):
-            cmd = [
-                python,
-                __file__,
-                "--work",
-                str(work),
-                "--threads",
-                str(args.threads),
-                "--workload",
-                workload,
-                "--engine",
-                engine,
-            ]
-            around = read_bandwidth_gbs(args.threads) if label.startswith("edgeseq") else 0.0
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if label.startswith("edgeseq"):
-                around = max(around, read_bandwidth_gbs(args.threads))
-            if out.returncode != 0:
-                err = out.stderr.strip().splitlines()
-                print(f"{workload} {label}: failed: {err[-1] if err else out.returncode}", file=sys.stderr)
-                continue
-            results[label] = json.loads(out.stdout.strip().splitlines()[-1])
-            if around:
-                results[label]["bandwidth_gbs"] = around
-        report(workload, results, args.threads, bandwidth, work)
+        else:
+            engines = {
+                label: (engine, python) for label, engine, python in engines_for(workload, work, args.optimum_python)
+            }
+            runs = in_rounds(
+                list(engines), args.rounds, lambda label, w=workload, e=engines: run_engine(args, w, label, *e[label])
+            )
+            results = {label: combined(r) for label, r in runs.items()}
+            report(workload, results, args.threads, bandwidth, work)
         everything[workload] = results
     if args.json:
         Path(args.json).write_text(json.dumps({"bandwidth_gbs": bandwidth, **everything}, indent=2) + "\n")
