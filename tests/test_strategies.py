@@ -244,3 +244,22 @@ def test_cli_stream_prints_tokens_before_the_end(bundle_factory, tmp_path):
     assert (
         len(done) == 200 and done[0] > 0 and events[done[0]]["text"] == "".join(e["piece"] for e in events[: done[0]])
     )
+
+
+@pytest.mark.parametrize("bad", [-np.inf, np.nan])
+def test_head_choice_with_no_allowed_token_ends_the_row(bad):
+    """The head's greedy choice read as the logits path reads it: a row whose best log-probability is -inf
+    (or NaN: every logit -inf) ends with </s> and a score of -inf; the other rows go on, their scores summed."""
+    from edgeseq.runtime.search import TokenByToken
+    from edgeseq.runtime.step import StepOutput
+
+    special = {"eos": 2, "decoder_start": 1}
+    greedy = TokenByToken([3, 4, 5], special, DecodingOptions(max_new_tokens=4), vocab=10)
+    chosen = (np.array([[-0.5], [bad], [-1.25]], np.float32), np.array([[7], [4], [2]], np.int64))
+    keep = greedy.update(0, StepOutput(lambda: None, chosen, None))
+    assert keep.tolist() == [0] and greedy.emitted() == [(0, 7), (1, 2), (2, 2)]
+    chosen = (np.array([[-0.25]], np.float32), np.array([[2]], np.int64))
+    assert greedy.update(1, StepOutput(lambda: None, chosen, None)) is not None and greedy.done()
+    best = [h[0] for h in greedy.finalize()]
+    assert [h.tokens for h in best] == [(7,), (), ()]
+    assert best[0].score == -0.75 and best[1].score == -np.inf and best[2].score == -1.25
