@@ -304,6 +304,52 @@ def test_one_engine_follows_each_calls_options(bundles):
             assert all(len(h.tokens) <= options.max_new_tokens for x in got for h in x)
 
 
+def _folded_rnns(bundle: Path) -> int:
+    """How many RNN nodes in generate.onnx's Loop bodies take their input projection from a table
+    (export/generate_fold.py): X a (1, 1, 1) zero constant of the main graph."""
+    graph = onnx.load(str(bundle / "generate.onnx"), load_external_data=False).graph
+    zeros = {
+        n.output[0]
+        for n in graph.node
+        if n.op_type == "Constant" and list(onnx.numpy_helper.to_array(n.attribute[0].t).shape) == [1, 1, 1]
+    }
+    bodies = [a.g for n in graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body"]
+    return sum(n.op_type in ("GRU", "LSTM") and n.input[0] in zeros for g in bodies for n in g.node)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_one_source_rnn_reads_its_input_projection_from_a_table(cell, tmp_path, bundles, monkeypatch):
+    """An RNN decoder fed by the embedding alone: generate.onnx's one-source Loop looks its first layer's input
+    projection up (a third of the layer, every token), with the loop's tokens and scores; models that feed
+    attention context or their previous output to the RNN keep their step as it is."""
+    from edgeseq.export.compose import Nodes
+    from edgeseq.export.generate_fold import fold_rnn_input
+    from tests.conftest import tiny_rnn
+
+    model, sv, tv = tiny_rnn(cell, "none", True)
+    bundle, _ = export_model(model, tmp_path / cell, source_vocab=sv, target_vocab=tv, options=ExportOptions())
+    assert _folded_rnns(bundle) == 1  # in the one-source Loop only (B is one row for the whole batch)
+    assert _folded_rnns(bundles["lstm"]["fp32"]) == _folded_rnns(bundles["gru"]["fp32"]) == 0  # attention
+    loop = Generator(bundle, engine="loop")
+    for options in (
+        DecodingOptions(max_new_tokens=10),
+        DecodingOptions(max_new_tokens=8, min_new_tokens=6),
+        DecodingOptions(max_new_tokens=6, forced_eos=True),
+    ):
+        for source in sources_for(loop, 5):
+            want = loop_hypotheses(loop, [source], options)
+            got = run_plain(bundle, plain_feeds(loop, [source], options))
+            assert [h[0] for h in got[0]] == [h[0] for h in want[0]], options
+            np.testing.assert_allclose([h[1] for h in got[0]], [h[1] for h in want[0]], rtol=1e-5, atol=1e-6)
+    step = onnx.load(str(bundle / "decoder_step.onnx"), load_external_data=False).graph
+    inits = {t.name: t.name for t in step.initializer}
+    tokens = loop.bundle.manifest.decoder.tokens_input
+    assert fold_rnn_input(step, inits, tokens, Nodes("t/", 17)) is not None
+    assert fold_rnn_input(step, inits, "another_input", Nodes("t/", 17)) is None  # X is not the tokens' embedding
+    monkeypatch.setattr("edgeseq.export.generate_fold.FOLD_TABLE_BYTES", 0)  # a vocabulary too large for a table
+    assert fold_rnn_input(step, inits, tokens, Nodes("t/", 17)) is None
+
+
 def test_one_source_feeds_as_a_padded_batch(bundles):
     """The graph engine builds one source's inputs without pad_batch (a short call's Python): the same arrays,
     the same refusal of an empty source, and a source longer than its cached mask still decodes."""

@@ -40,6 +40,7 @@ from edgeseq.bundle import GraphSpec, Manifest, TensorSpec
 from edgeseq.errors import BundleError
 from edgeseq.export.compose import Initializers, Nodes, elem_type, lift_initializers, opset_imports, value
 from edgeseq.export.generate_beam import beam_carry, beam_outputs, beam_select
+from edgeseq.export.generate_fold import fold_rnn_input
 from edgeseq.export.generate_loops import (
     BOOL,
     INT,
@@ -218,7 +219,8 @@ def decode(
     propagation fails on a Dequantize output read from a subgraph.
 
     `single`: greedy decoding of one source (the latency case): its row never leaves, so the body gathers
-    nothing and scatters nothing (generate_loops.greedy_single), ~10 fewer nodes a token.
+    nothing and scatters nothing (generate_loops.greedy_single), ~10 fewer nodes a token, and an RNN step
+    that reads only the embedding looks its input projection up (export/generate_fold.py).
     """
     d = p.manifest.decoder
     i64 = lambda x: o.const(x, np.int64)  # noqa: E731
@@ -242,7 +244,8 @@ def decode(
     carry = {"greedy": lambda: greedy_carry(loop, o, n), "beam": lambda: beam_carry(loop, o, s, n)}
     if single:
         own = single_carry(loop, o)
-        out = loop.step(tok, states, context, None, None)
+        fold = fold_rnn_input(p.step, p.step_inits, d.tokens_input, o)
+        out = loop.step(tok, states, context, None, None, fold)
         new = greedy_single(loop.b, p, own, loop.scores(out[d.logits_output]))
         going = new.pop("going")
         new |= {f"state:{st.input}": out[st.output] for st in d.states}

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeseq.bundle import Manifest
 from edgeseq.export.compose import Nodes, elem_type, import_graph, reads, scalar, value
+from edgeseq.export.generate_fold import FoldedInput
 
 INT, FLOAT, DOUBLE, BOOL = TensorProto.INT64, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BOOL
 
@@ -114,7 +115,13 @@ class Loop:
         return f"{self.name}.in.{key}"
 
     def step(
-        self, tokens: str, states: dict[str, str], context: dict[str, str], rows: str | None, sources: str | None
+        self,
+        tokens: str,
+        states: dict[str, str],
+        context: dict[str, str],
+        rows: str | None,
+        sources: str | None,
+        fold: FoldedInput | None = None,
     ) -> dict[str, str]:
         """The decoder step's nodes in the body, fed by step input name; returns its outputs by name.
 
@@ -132,6 +139,10 @@ class Loop:
         Every value a subgraph reads here is a body input: ONNX Runtime's QDQ propagation (static int8)
         fails on a Dequantize output read from inside a subgraph. For the same reason the step's own head
         (export/head.py) is left out: the loops choose from the logits themselves.
+
+        `fold`: the step's RNN takes its input projection from a table (export/generate_fold.py; one source):
+        a main-graph value read from the outer scope, as the weights are (a constant once ONNX Runtime has
+        folded it).
         """
         d, p, b = self.p.manifest.decoder, self.p, self.b
         if sources is None:
@@ -151,6 +162,8 @@ class Loop:
             feeds[d.step_input] = self.it
         known = {i.name for i in p.step.input} | {o for n in p.step.node for o in n.output}
         wired = {k: v for k, v in feeds.items() if k in known}
+        if fold is not None:
+            wired |= fold.wiring(b, tokens)
         wanted = [d.logits_output, *(st.output for st in d.states)]
         return import_graph(p.step, b, f"{self.name}/step/", wired, p.step_inits, outputs=wanted)
 
