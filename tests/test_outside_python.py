@@ -213,6 +213,23 @@ def test_char_bundle_outside_python(tools, char_bundle, options):
     same_output(expected, web_example(bundle, [*options, *CHAR_TEXTS]), len(CHAR_TEXTS))
 
 
+def test_folded_rnn_bundle_outside_python(tools, tmp_path):
+    """An attention-free GRU: generate.onnx's one-source Loop looks its input projection up from a table that
+    ONNX Runtime folds at load (export/generate_fold.py). onnxruntime-node and -web decoding one text at a time
+    give the Python loop's translations."""
+    model, sv, tv = tiny_rnn("gru", "none", seed=2)
+    with torch.no_grad():
+        model.decoder.out.weight.mul_(2.0)
+    bundle = tmp_path / "bundle"
+    export_model(model, bundle, source_vocab=sv, target_vocab=tv, options=ExportOptions(max_new_tokens=12))
+    texts = CHAR_TEXTS[:6]
+    expected = python_cli(bundle, ["--engine", "loop", *texts]).splitlines(keepends=True)
+    assert len(set(expected)) > 3
+    for text, line in zip(texts, expected):
+        same_output(line, node_example(bundle, [text]), 1)
+    same_output(expected[0], web_example(bundle, [texts[0]]), 1)
+
+
 @pytest.mark.parametrize("options", [[], ["--beam", "4", "--max-new-tokens", "6"]], ids=["greedy", "beam4"])
 def test_word_bundle_outside_python(tools, word_bundle, tmp_path, options):
     lines = tmp_path / "in.txt"
