@@ -297,6 +297,27 @@ def test_a_trained_model_from_a_package(tmp_path):
         assert a[0].tokens == b[0].tokens and abs(a[0].score - b[0].score) < 1e-4
 
 
+def test_a_trained_gru_decoder_one_word_a_call_through_the_generate_graph(tmp_path):
+    """g2p_en's trained network with its decoder as an nn.GRU: generate.onnx's one-source Loop looks the GRU's
+    input projection up from a table (export/generate_fold.py); one word a call, its phonemes equal the
+    package's own numpy decode."""
+    from tests.test_generate_graph import _folded_rnns
+    from tests.tutorials.g2p import checkpoint
+
+    if checkpoint() is None:
+        pytest.skip("g2p_en is not installed (.ci/run installs it: pip install --no-deps g2p_en)")
+    shutil.copy(TUTORIALS / "export_g2p.py", tmp_path / "export_g2p.py")
+    ref = f"{tmp_path}/export_g2p.py:edgeseq_model_gru"
+    r = edgeseq("export", ref, "--out", tmp_path / "b")
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+    assert _folded_rnns(tmp_path / "b") == 1
+    data = words(60)
+    expected = call_user_function(ref).translate(data)
+    gen = Generator(tmp_path / "b", engine="graph")
+    assert [gen.generate([w])[0].text for w in data] == expected
+    assert len(set(expected)) > 50
+
+
 def test_text_normalization_is_declared_or_named(exported, tmp_path):
     """A pipeline that lowercases sources: undeclared, the text level names it; declared, the bundle does it too."""
     folder, _, held_out = exported["rnn_attention"]

@@ -312,9 +312,9 @@ def single_carry(loop: Loop, o: Nodes) -> dict[str, str]:
 def greedy_single(b: Nodes, p: Parts, c: dict[str, str], scores: str) -> dict[str, str]:
     """greedy_select for one source: its row never leaves the batch (the loop ends when it chooses </s>),
     so nothing is scattered or gathered, and what can wait for the end does (single_outputs: </s> shown as
-    the pad, the length, the score summed in float64): 21 nodes a token, the step's included (the GRU of
-    latency.py), each ~0.35-0.7 us. The condition stays (1,) (no Squeeze). The same choice, score and length
-    as greedy_select."""
+    the pad, the length, the score summed in float64): 19 nodes a token for the GRU of latency.py, its step
+    included (with its input projection looked up: export/generate_fold.py), each ~0.35-0.7 us. The
+    condition stays (1,) (no Squeeze). The same choice, score and length as greedy_select."""
     chosen, gain, ends = greedy_choice(b, p, scores, cast=False)
     return {
         "going": b.op("Not", [ends]),

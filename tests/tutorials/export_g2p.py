@@ -4,13 +4,13 @@
 import numpy as np
 
 from edgeseq.vocab import Vocab
-from tests.tutorials.g2p import G2P, GRAPHEMES, PHONEMES, checkpoint, predict
+from tests.tutorials.g2p import G2P, G2PGRU, GRAPHEMES, PHONEMES, checkpoint, predict
 
 
-def edgeseq_model():
+def edgeseq_model(decoder_gru: bool = False):
     variables = np.load(checkpoint())
     return {
-        "model": G2P(variables).eval(),
+        "model": (G2PGRU if decoder_gru else G2P)(variables).eval(),
         "source_tokenizer": Vocab(GRAPHEMES, "char", {"pad": "<pad>", "unk": "<unk>", "eos": "</s>"}),
         "target_tokenizer": Vocab(PHONEMES, "word", {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}),
         "source_prefix": [],
@@ -18,3 +18,8 @@ def edgeseq_model():
         "max_new_tokens": 20,
         "translate": lambda words: [" ".join(predict(variables, w)) for w in words],
     }
+
+
+def edgeseq_model_gru():
+    """The same with the decoder as an nn.GRU (tests/tutorials/g2p.py G2PGRU)."""
+    return edgeseq_model(decoder_gru=True)

@@ -88,3 +88,21 @@ class G2P(nn.Module):
     def step(self, tokens, h):
         h = self.decoder(self.dec_emb(tokens), h)
         return {"logits": self.fc(h), "h": h}
+
+
+class G2PGRU(G2P):
+    """The same network with its decoder written as another author might: an nn.GRU (batch_first) run one step
+    at a time. It exports as an ONNX GRU fed by the embedding alone (GRUCell exports as MatMuls), the form whose
+    input projection generate.onnx looks up for one source (export/generate_fold.py)."""
+
+    def __init__(self, variables):
+        super().__init__(variables)
+        cell = self.decoder
+        self.decoder = nn.GRU(cell.input_size, cell.hidden_size, batch_first=True)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.decoder, f"{name}_l0").copy_(getattr(cell, name))
+
+    def step(self, tokens, h):
+        out, h = self.decoder(self.dec_emb(tokens)[:, None, :], h[None].contiguous())
+        return {"logits": self.fc(out[:, 0]), "h": h[0]}
