@@ -16,9 +16,11 @@ MANIFEST = "edgeseq.json"
 FORMAT = "edgeseq-bundle"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no source framing (sources end with </s>), pad and bos required
-GRAPH_NAMES = ("encoder", "attention", "decoder_step", "generate")
 REQUIRED_GRAPHS = ("encoder", "decoder_step")
 LOOP_GRAPHS = ("encoder", "attention", "decoder_step")  # what the Python loop runs
+# decoder_step for steps of one row (export/one_row.py): the same inputs and outputs; dynamic-int8 bundles
+ONE_ROW = "decoder_step_one_row"
+GRAPH_NAMES = ("encoder", "attention", "decoder_step", ONE_ROW, "generate")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 Dim = str | int  # a symbolic axis name ("batch", "src_len") or a fixed size
 

@@ -229,7 +229,8 @@ def generate(
     workers, threads = split_threads(threads, workers, many=bool(input_file) and provider == "cpu" and not stream)
     batching = dataclasses.replace(batching, workers=workers)
     loaded = load_bundle(bundle, verify_checksums=not no_verify)
-    gen = Generator(loaded, provider=provider, threads=threads, engine=engine)
+    # (a file's batches may end with one row: its memory stays that of the batched step alone)
+    gen = Generator(loaded, provider=provider, threads=threads, engine=engine, one_row=not input_file)
     if gen.note:
         _note(gen.note)
     options = gen.options.replace(**{k: v for k, v in flags.items() if v is not None})

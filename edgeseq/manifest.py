@@ -16,6 +16,7 @@ from edgeseq.bundle import (
     FORMAT,
     GRAPH_NAMES,
     MANIFEST,
+    ONE_ROW,
     READABLE_VERSIONS,
     REQUIRED_GRAPHS,
     DecoderSpec,
@@ -413,6 +414,9 @@ def _check_references(m: Manifest, where: str) -> None:
         problems.append("decoder.reorder_every_step is true but there is no decoder.reorder_input")
     if d.step_input and d.step_input not in step_in:
         problems.append(f"decoder.step_input {d.step_input!r} is not an input of decoder_step")
+    one_row = m.graphs.get(ONE_ROW)
+    if one_row is not None and (one_row.inputs, one_row.outputs) != (step.inputs, step.outputs):
+        problems.append(f"graphs.{ONE_ROW} must have decoder_step's inputs and outputs (it replaces it for one row)")
     for i, s in enumerate(d.states):
         if s.input not in step_in or s.output not in step_out:
             problems.append(

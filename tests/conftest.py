@@ -11,8 +11,8 @@ import torch
 
 from edgeseq.bundle import MANIFEST
 from edgeseq.export import ExportOptions, export_model, save_checkpoint
-from edgeseq.models import RNNConfig, RNNSeq2Seq
-from edgeseq.vocab import Vocab
+from edgeseq.models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq
+from edgeseq.vocab import SPECIALS, Vocab
 
 SOURCE_TEXT = "abcdefghijklmnopqrstuvwxyz0123456789 ,."
 TARGET_TEXT = "0123456789-"
@@ -44,6 +44,23 @@ def tiny_rnn(
         model.decoder.out.weight.mul_(4.0)
         model.decoder.out.bias[tv.eos_id] -= 2.0  # random models should not stop at the first token
     return model, sv, tv
+
+
+def medium_transformer(root) -> list[str]:
+    """A random Transformer large enough that weights, not graph structure, dominate its bundle (~5 MB), with a
+    tied output projection: its fp32 bundle at root/fp32, its checkpoint at root/model.safetensors. Returns 16
+    sentences of 8 words (calibration)."""
+    torch.manual_seed(0)
+    vocab = Vocab(SPECIALS + tuple(f"w{i}" for i in range(996)), level="word")
+    cfg = TransformerConfig(
+        1000, 1000, d_model=128, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=512, max_positions=64
+    )
+    model = TransformerSeq2Seq(cfg).eval()
+    with torch.no_grad():
+        model.tgt_emb.weight.mul_(3.0)
+    export_model(model, root / "fp32", source_vocab=vocab, target_vocab=vocab, options=ExportOptions(max_new_tokens=12))
+    save_checkpoint(root / "model.safetensors", model, vocab, vocab)
+    return [" ".join(f"w{i}" for i in np.random.default_rng(s).integers(0, 996, 8)) for s in range(16)]
 
 
 def mixed_sources(sv: Vocab, count=6, seed=3) -> list[list[int]]:

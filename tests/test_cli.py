@@ -90,7 +90,8 @@ def test_validate_passes_and_writes_json(checkpoint_and_bundle, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS" in r.stdout
     data = json.loads(report.read_text())
-    assert data["ok"] and {g["graph"] for g in data["graphs"]} == {"encoder", "attention", "decoder_step"}
+    graphs = {g["graph"] for g in data["graphs"]}
+    assert data["ok"] and graphs == {"encoder", "attention", "decoder_step", "step (1 row)"}
     assert all(g["max_abs"] < 1e-4 for g in data["graphs"])
     assert [s["exact_match"] for s in data["sequences"]] == [1.0, 1.0, 1.0]
 

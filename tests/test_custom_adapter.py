@@ -107,7 +107,7 @@ def test_custom_model_exports_and_decodes_like_pytorch(tmp_path):
         framing=Framing(suffix=["</s>"]),
     )
     assert report.ok, report.table()
-    assert {c.graph for c in report.outputs} == {"encoder", "attention", "decoder_step"}
+    assert {c.graph for c in report.outputs} == {"encoder", "attention", "decoder_step", "step (1 row)"}
     sources = mixed_sources(sv)
     src, mask = (torch.from_numpy(a) for a in pad_batch(sources, 0))
     expected = [[] for _ in sources]

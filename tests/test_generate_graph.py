@@ -150,7 +150,9 @@ def test_generate_graph_equals_the_python_loop(bundles, family, precision):
     assert not [
         t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and t.ByteSize() > 1 << 20
     ]
-    gen = Generator(bundle, engine="loop")  # (engine "auto" would take generate.onnx itself for greedy)
+    # (engine "auto" would take generate.onnx itself for greedy; the graph composes decoder_step, so the loop
+    # runs it for one row too, not the one-row graph)
+    gen = Generator(bundle, engine="loop", one_row=False)
     batch = sources_for(gen, 5)
     checked = 0
     for sources in (batch[:1], batch):
@@ -216,7 +218,7 @@ def test_one_loop_for_both_strategies(bundles, family, tmp_path, monkeypatch):
         monkeypatch.setattr(generate_graph, "SEPARATE_LOOPS_WEIGHTS", -1)
         generate_graph.build_generate(folder, load_bundle(folder).manifest)
         assert loops(folder) == 1
-        gen = Generator(bundles[family][precision], engine="loop")
+        gen = Generator(bundles[family][precision], engine="loop", one_row=False)  # (decoder_step, as the graph)
         sources = sources_for(gen, 4)
         for options in (
             DecodingOptions(max_new_tokens=9, min_new_tokens=2),

@@ -14,13 +14,13 @@ from onnx import numpy_helper
 
 from edgeseq.bundle import MANIFEST, file_sha256
 from edgeseq.errors import OptionsError
-from edgeseq.export import ExportOptions, export_model, save_checkpoint
+from edgeseq.export import ExportOptions, export_model
 from edgeseq.export.quantize import Recipe, quantize_bundle
 from edgeseq.export.validate import validate_bundle
-from edgeseq.models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq
+from edgeseq.models import RNNConfig, RNNSeq2Seq
 from edgeseq.runtime import DecodingOptions, Generator
 from edgeseq.vocab import SPECIALS, Vocab
-from tests.conftest import tiny_rnn
+from tests.conftest import medium_transformer, tiny_rnn
 
 MODES = ["dynamic-int8", "static-int8", "fp16"]
 
@@ -36,19 +36,8 @@ def tree_digest(path):
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory):
     """A Transformer large enough that weights, not graph structure, dominate the bundle (~5 MB)."""
-    torch.manual_seed(0)
-    vocab = Vocab(SPECIALS + tuple(f"w{i}" for i in range(996)), level="word")
-    cfg = TransformerConfig(
-        1000, 1000, d_model=128, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=512, max_positions=64
-    )
-    model = TransformerSeq2Seq(cfg).eval()
-    with torch.no_grad():
-        model.tgt_emb.weight.mul_(3.0)
     root = tmp_path_factory.mktemp("medium")
-    export_model(model, root / "fp32", source_vocab=vocab, target_vocab=vocab, options=ExportOptions(max_new_tokens=12))
-    save_checkpoint(root / "model.safetensors", model, vocab, vocab)
-    calibration = [" ".join(f"w{i}" for i in np.random.default_rng(s).integers(0, 996, 8)) for s in range(16)]
-    return root, calibration
+    return root, medium_transformer(root)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -228,9 +217,10 @@ def test_validate_catches_a_small_perturbation_at_step_level(medium, tmp_path):
     (broken / MANIFEST).write_text(json.dumps(data))
     report = validate_bundle(broken, root / "model.safetensors", texts=calibration)
     assert not report.ok and not report.steps.ok
-    assert report.steps.graphs_off == ["decoder_step"]
+    # the step is off in the batch and for its first source alone (a step of one row)
+    assert report.steps.graphs_off == ["decoder_step", "step (1 row)"]
     assert "step: logits max abs error" in "; ".join(report.failures())
-    assert {c.graph for c in report.outputs if not c.ok} == {"decoder_step"}
+    assert {c.graph for c in report.outputs if not c.ok} == {"decoder_step", "step (1 row)"}
     r = run_cli("validate", broken, "--reference", root / "model.safetensors", "--no-record")
     assert r.returncode == 1 and "graphs off: decoder_step" in r.stdout
 

@@ -69,7 +69,7 @@ def reference_bundle(request, tmp_path_factory):
 
 def test_graphs_match_pytorch(reference_bundle):
     *_, report = reference_bundle
-    assert {c.graph for c in report.outputs} == {"encoder", "attention", "decoder_step"}
+    assert {c.graph for c in report.outputs} == {"encoder", "attention", "decoder_step", "step (1 row)"}
     assert len([c for c in report.outputs if c.graph == "attention"]) == 4  # k and v of 2 layers
     assert all(c.ok and c.max_abs < 1e-4 for c in report.outputs), report.table()
 

@@ -59,14 +59,14 @@ def with_generate(folder: Path, m: Manifest) -> Manifest:
     """Build `folder`/generate.onnx and return the manifest listing it (file, checksum, I/O)."""
     spec = build_generate(folder, m)
     spec = dataclasses.replace(spec, sha256=file_sha256(folder / spec.file))
-    return dataclasses.replace(m, graphs={**m.loop_graphs, GRAPH: spec})
+    return dataclasses.replace(m, graphs={**{k: g for k, g in m.graphs.items() if k != GRAPH}, GRAPH: spec})
 
 
 def check_generate(
     bundle: Bundle, sources: Sequence[Sequence[int]], max_new_tokens: int, banned: Sequence[int] = ()
 ) -> GenerateCheck:
     """Decode `sources` greedily and `BEAM_SOURCES` of them with beam 4, by the loop and by generate.onnx."""
-    loop, graph = OrtBackend(bundle), GraphEngine(bundle)
+    loop, graph = OrtBackend(bundle, one_row=False), GraphEngine(bundle)  # (both run decoder_step)
     runs = {
         "greedy": (list(sources), DecodingOptions(max_new_tokens=max_new_tokens)),
         f"beam {BEAM}": (

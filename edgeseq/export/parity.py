@@ -256,20 +256,23 @@ def check_graphs(
     if "attention" in ref.graphs:
         att_ref = ref.run("attention", {**feeds, **enc_ref})
         record("attention", got.run("attention", {**feeds, **enc_ref}), att_ref)
-    state = initial_state(ref, src_ids, src_mask, spec)
-    tokens = np.full(len(sources), ref.special_tokens["decoder_start"], dtype=np.int64)
     # two bundles with a head: their greedy choices (ids and log-probabilities) are compared too
     request = None
     if GREEDY in ref.offers and GREEDY in got.offers:
         request = HeadRequest(GREEDY, np.zeros(got.step_graph.output(spec.logits_output).shape[-1], np.float32))
-    for step in range(steps):
-        step_feeds = {**state.context, **state.states, spec.tokens_input: tokens}
-        if spec.step_input:
-            step_feeds[spec.step_input] = np.array(step, dtype=np.int64)
-        out_ref = ref.step(step_feeds, request)
-        record("decoder_step", got.step(step_feeds, request), out_ref)
-        state.states = {s.input: out_ref[s.output] for s in spec.states}
-        tokens = out_ref[spec.logits_output].argmax(-1).astype(np.int64)
+    # the batch, then its first source alone: a step of one row may run another graph (export/one_row.py)
+    for graph, batch in (("decoder_step", sources), ("step (1 row)", sources[:1])):
+        src_ids, src_mask = pad_batch(batch, ref.source_pad)
+        state = initial_state(ref, src_ids, src_mask, spec)
+        tokens = np.full(len(batch), ref.special_tokens["decoder_start"], dtype=np.int64)
+        for step in range(steps):
+            step_feeds = {**state.context, **state.states, spec.tokens_input: tokens}
+            if spec.step_input:
+                step_feeds[spec.step_input] = np.array(step, dtype=np.int64)
+            out_ref = ref.step(step_feeds, request)
+            record(graph, got.step(step_feeds, request), out_ref)
+            state.states = {s.input: out_ref[s.output] for s in spec.states}
+            tokens = out_ref[spec.logits_output].argmax(-1).astype(np.int64)
     return list(worst.values())
 
 

@@ -11,6 +11,7 @@ Modes, per graph:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -22,11 +23,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeseq.bundle import Manifest, file_sha256
+from edgeseq.bundle import ONE_ROW, Manifest, file_sha256
 from edgeseq.errors import OptionsError, ParityError
 from edgeseq.export.generate_check import check_generate, with_generate
 from edgeseq.export.graph_edit import topological_sort
 from edgeseq.export.gru import unfold_grus
+from edgeseq.export.one_row import check_one_row, with_one_row
 from edgeseq.export.tied_int8 import tie_int8
 from edgeseq.export.trace import set_declared_types
 from edgeseq.export.weights import WEIGHTS_FILE, share_weights, split_projections
@@ -259,6 +261,8 @@ def quantize_into(
     sharing = share_weights(folder, files)
     split = split_projections(folder, files)
     manifest = _manifest(bundle.manifest, folder, recipe, src, sizes, {**asdict(sharing), "projections_split": split})
+    if recipe.mode("decoder_step") == "dynamic-int8":
+        manifest = _with_one_row(folder, manifest, progress)
     if generate_graph:
         progress("composing generate.onnx")
         manifest = with_generate(folder, manifest)
@@ -273,6 +277,25 @@ def quantize_into(
         manifest.parity["generate"] = check.to_json()
     manifest.save(folder)
     load_bundle(folder)  # the new bundle must open cleanly before it takes the target name
+
+
+def _with_one_row(folder: Path, m: Manifest, progress: Callable[[str], None]) -> Manifest:
+    """`m` with the one-row step graph (export/one_row.py) if the step has int8 products for it, checked
+    against decoder_step on sources decoded one at a time; left out (and said why) if they disagree."""
+    with_graph = with_one_row(folder, m)
+    if ONE_ROW not in with_graph.graphs:
+        return m
+    progress("one-row step graph: int8 products as GEMVs")
+    with_graph.save(folder)
+    sources = random_sources(
+        m.source_vocab_size, 8, max_len=12, framing=m.source_framing, special=tuple(m.special_tokens.values())
+    )
+    check = check_one_row(load_bundle(folder), sources, m.max_new_tokens)
+    if not check["ok"]:
+        (folder / with_graph.graphs[ONE_ROW].file).unlink()
+        progress(f"one-row step graph left out: {check['agreed']}/{check['sources']} sources as decoder_step's")
+        return dataclasses.replace(m, parity={**m.parity, "one_row": check})
+    return dataclasses.replace(with_graph, parity={**with_graph.parity, "one_row": check})
 
 
 def _manifest(m: Manifest, bundle: Path, recipe: Recipe, src: Path, sizes: dict, sharing: dict) -> Manifest:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgeseq.bundle import ONE_ROW
 from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
 from edgeseq.runtime.binding import DEVICES, BoundSession, DeviceTensor, run_into
 from edgeseq.runtime.bundle import Bundle, load_bundle
@@ -18,7 +19,7 @@ from edgeseq.runtime.inplace import BufferPool
 from edgeseq.runtime.lines import Batching, LineResult, translate_lines
 from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
-from edgeseq.runtime.pages import drop_loaded_pages
+from edgeseq.runtime.pages import drop_loaded_pages, trim_heap
 from edgeseq.runtime.search import Hypothesis
 from edgeseq.runtime.session import GraphSession, check_file_io, check_provider, resolve_providers
 from edgeseq.runtime.step import BEAM, GREEDY, INPLACE, REORDER, HeadRequest
@@ -80,7 +81,9 @@ class OrtBackend:
     token id and log-probability and beam search only each source's best continuations; the logits stay
     where they are unless a strategy asks for them. See runtime/binding.py. `inplace_states` (on the CPU,
     bundles made since reorder_every_step) lets the loop write each step's states over the previous ones
-    (runtime/inplace.py): one copy of the caches instead of two.
+    (runtime/inplace.py): one copy of the caches instead of two. `one_row` (on the CPU, bundles with the graph):
+    a step of one row runs decoder_step.one_row.onnx (export/one_row.py: int8 weight products as GEMVs); each
+    step graph is loaded when first run, so decoding one source at a time never loads the batched one.
     """
 
     def __init__(
@@ -91,16 +94,22 @@ class OrtBackend:
         io_binding: bool | None = None,
         use_head: bool = True,
         inplace_states: bool = True,
+        one_row: bool = True,
     ) -> None:
         self.providers = resolve_providers(provider)
+        self.bundle, self.threads = bundle, threads
+        binding = io_binding if io_binding is not None else provider != "cpu"
+        self.one_row = one_row and provider == "cpu" and not binding and ONE_ROW in bundle.manifest.graphs
+        self._loading = threading.Lock()
         self.sessions = {
             name: GraphSession(bundle, name, self.providers, session_options(threads, step=name == "decoder_step"))
             for name in bundle.manifest.loop_graphs
+            if not (self.one_row and name == "decoder_step")  # (loaded when a step of several rows runs)
         }
         drop_loaded_pages(bundle.path)  # what prepacking read is in the sessions' copies (runtime/pages.py)
         notes = {check_provider(provider, s.session, name) for name, s in self.sessions.items()} - {None}
         self.note = "; ".join(sorted(notes)) or None  # a fallback that `auto` made, for the user to see
-        self.device = DEVICES[self.sessions["decoder_step"].session.get_providers()[0]]
+        self.device = DEVICES[self.providers[0]] if self.one_row else DEVICES[self._step(2).session.get_providers()[0]]
         self.graphs = bundle.manifest.loop_graphs
         self.step_graph = bundle.manifest.graphs["decoder_step"]
         self.special_tokens = bundle.manifest.special_tokens
@@ -167,15 +176,30 @@ class OrtBackend:
         feeds = self.step_feeds(feeds, request)
         if self.bound is not None:
             return self.bound["decoder_step"].run(feeds)
+        session = self._step(len(feeds[self.decoder.tokens_input]))
         if into:
             try:
-                return run_into(self.sessions["decoder_step"], feeds, into)
+                return run_into(session, feeds, into)
             except BundleError as e:
                 raise BundleError(
                     f"{e}; a state changed shape otherwise than in the first steps, after the states it had "
                     "written in place: decode this model with Generator(..., inplace_states=False)"
                 ) from None
-        return self.sessions["decoder_step"].run(feeds)
+        return session.run(feeds)
+
+    def _step(self, rows: int) -> GraphSession:
+        """The step graph's session for `rows` rows (loaded the first time: see the class docstring)."""
+        name = ONE_ROW if self.one_row and rows == 1 else "decoder_step"
+        session = self.sessions.get(name)
+        if session is None:
+            with self._loading:  # (threads decoding batches side by side share this backend)
+                session = self.sessions.get(name)
+                if session is None:
+                    session = GraphSession(self.bundle, name, self.providers, session_options(self.threads, step=True))
+                    drop_loaded_pages(self.bundle.path)
+                    trim_heap()
+                    self.sessions[name] = session
+        return session
 
     def step_feeds(self, feeds: dict, request: HeadRequest | None = None) -> dict:
         """The loop's feeds with what it leaves out: the head's (idle unless `request`), and the rows to
@@ -252,7 +276,8 @@ class Generator:
     tokens, without Python between steps: faster for small models and a few sources at a time. "auto" (the
     default) uses the graph on the CPU where it is faster (greedy decoding of a few sources by a small model:
     AUTO_GRAPH_WEIGHTS, AUTO_GRAPH_SOURCES) and the loop for the rest; each engine's sessions load when
-    first needed.
+    first needed. `one_row` (dynamic-int8 bundles, on the CPU): the loop runs a step of one row with the
+    bundle's one-row step graph (export/one_row.py), loaded when first needed (see OrtBackend).
     """
 
     def __init__(
@@ -265,12 +290,13 @@ class Generator:
         use_head: bool = True,
         engine: str = "auto",
         inplace_states: bool = True,
+        one_row: bool = True,
     ) -> None:
         if engine not in ENGINES:
             raise OptionsError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.engine = engine
-        self._loop_args = (provider, threads, io_binding, use_head, inplace_states)
+        self._loop_args = (provider, threads, io_binding, use_head, inplace_states, one_row)
         self._backend: OrtBackend | None = None
         self._graph: GraphEngine | None = None
         self._loading = threading.Lock()  # threads sharing this Generator load each engine once
