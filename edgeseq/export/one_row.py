@@ -20,9 +20,10 @@ What is replaced, in the step's main graph (not in subgraphs):
   bias or output quantization (tied_int8.py's output projection), after a DynamicQuantizeLinear of x;
 - MatMulInteger(DynamicQuantizeLinear(x), int8 [K, N] initializer, zero point 0) -> Cast(float) -> Mul by
   (x's scale * the weight's one scale) (ONNX Runtime's dynamic quantizer's pattern);
-with K a multiple of 16. Anything else is left as it is. The products agree with the batched step's to int8
-rounding (x is quantized per block of K, symmetric, instead of per tensor): checked at quantize time and by
-the parity harness's batch-1 sequences (export/parity.py).
+with K a multiple of 16. Anything else is left as it is. A product's bias Add becomes its bias input, and
+products of one input (an attention's query, key and value) become one, its output split. The products agree
+with the batched step's to int8 rounding (x is quantized per block of K, symmetric, instead of per tensor):
+checked at quantize time and by the parity harness's batch-1 sequences (export/parity.py).
 """
 
 from __future__ import annotations
@@ -110,8 +111,10 @@ def one_row_step(model: onnx.ModelProto, base_dir: str) -> onnx.ModelProto | Non
     targets = {new[-1].output[0] for new in made.values()}
     nodes = [n for n in nodes if not set(n.output) & targets]  # the Mul a MatMulInteger's chain ends in
     nodes += [n for new in made.values() for n in new]
+    outputs = {o.name for o in g.output}
+    nodes = _side_by_side(_with_bias(nodes, init, outputs), init)
     del out.graph.node[:]
-    out.graph.node.extend(_pruned(nodes, {o.name for o in g.output}))
+    out.graph.node.extend(_pruned(nodes, outputs))
     out.graph.initializer.extend(views)
     topological_sort(out.graph)
     if not any(o.domain == MS for o in out.opset_import):
@@ -250,6 +253,70 @@ def _nbits(x, weight, transposed, scale, scales, out, hint, views) -> list[onnx.
         )
     )
     return nodes
+
+
+def _with_bias(nodes: list[onnx.NodeProto], init, outputs: set[str]) -> list[onnx.NodeProto]:
+    """Each MatMulNBits whose one reader is an Add of a float [N] initializer takes it as its bias input: a
+    node less for each product (every ONNX Runtime node costs microseconds, a token has ~50 products)."""
+    readers = _readers(nodes)
+    dropped = set()
+    for node in nodes:
+        if node.op_type != "MatMulNBits" or node.output[0] in outputs:
+            continue
+        found = readers.get(node.output[0], [])
+        add = found[0] if len(found) == 1 and found[0].op_type == "Add" else None
+        if add is None:
+            continue
+        bias = init.get(add.input[1] if add.input[0] == node.output[0] else add.input[0])
+        n = {a.name: helper.get_attribute_value(a) for a in node.attribute}["N"]
+        if bias is None or bias.data_type != onnx.TensorProto.FLOAT or list(bias.dims) != [n]:
+            continue
+        node.input.extend(["", "", bias.name])
+        node.output[0] = add.output[0]
+        dropped.add(id(add))
+    return [n for n in nodes if id(n) not in dropped]
+
+
+def _side_by_side(nodes: list[onnx.NodeProto], init) -> list[onnx.NodeProto]:
+    """MatMulNBits nodes of one input (an attention's query, key and value projections) as one, over their
+    weights, scales and biases joined (in the folding) and its output split: one kernel call instead of
+    three, each of which costs its threads' start."""
+    groups: dict[tuple, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        if node.op_type == "MatMulNBits" and node.name.startswith("one_row/"):
+            a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+            key = (node.input[0], a["K"], a["block_size"], len(node.input) > 5)
+            groups.setdefault(key, []).append(node)
+    joined, made = set(), []
+    for (x, k, block, biased), group in groups.items():
+        if len(group) < 2:
+            continue
+        sizes = [{a.name: helper.get_attribute_value(a) for a in g.attribute}["N"] for g in group]
+        p = f"{group[0].name}/joined/"
+        parts = {"B": 1, "S": 2, **({"bias": 5} if biased else {})}  # joined along axis 0
+        for name, i in parts.items():
+            made.append(helper.make_node("Concat", [g.input[i] for g in group], [p + name], name=p + name, axis=0))
+        inputs = [x, p + "B", p + "S"] + (["", "", p + "bias"] if biased else [])
+        made.append(
+            helper.make_node(
+                "MatMulNBits", inputs, [p + "y"], name=p + "gemv", domain=MS,
+                K=k, N=sum(sizes), bits=8, block_size=block, accuracy_level=4,
+            )
+        )  # fmt: skip
+        split = numpy_helper.from_array(np.array(sizes, np.int64), p + "sizes")
+        made.append(helper.make_node("Constant", [], [p + "sizes"], name=p + "sizes", value=split))
+        outs = [g.output[0] for g in group]
+        made.append(helper.make_node("Split", [p + "y", p + "sizes"], outs, name=p + "split", axis=-1))
+        joined |= {id(g) for g in group}
+    return [n for n in nodes if id(n) not in joined] + made
+
+
+def _readers(nodes: list[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for name in reads(n):
+            found.setdefault(name, []).append(n)
+    return found
 
 
 def _pruned(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
