@@ -84,7 +84,8 @@ class Translator:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(data)
                 bundle = self._tmp.name
-            self._gen = Generator(load_bundle(bundle, self.verify_checksums), threads=self.threads)
+            # (windows of a file, in batches: the batched step alone, as `edgeseq generate --input`)
+            self._gen = Generator(load_bundle(bundle, self.verify_checksums), threads=self.threads, one_row=False)
         return self._gen
 
     def resolve(self, options: DecodingOptions | None, overrides: dict) -> DecodingOptions:
