@@ -144,7 +144,7 @@ def step_placement(bundle, provider: str = "cpu", new_tokens: int = 2) -> Placem
     from edgeseq.runtime.generator import OrtBackend, session_options
     from edgeseq.runtime.session import GraphSession
 
-    backend = OrtBackend(bundle, provider)
+    backend = OrtBackend(bundle, provider, one_row=False)  # (decoder_step is what is placed, one row or more)
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(None, step=True)
         options.enable_profiling = True

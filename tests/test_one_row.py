@@ -134,3 +134,12 @@ def test_a_one_row_graph_must_have_the_steps_inputs_and_outputs(bundles, tmp_pat
     (broken / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(BundleError, match=f"graphs.{ONE_ROW} must have decoder_step's inputs and outputs"):
         load_bundle(broken)
+
+
+def test_bench_places_the_batched_step_of_an_int8_bundle(bundles):
+    """`edgeseq bench` profiles decoder_step on one source: the one-row graph must not take its place."""
+    from edgeseq.bench import step_placement
+
+    root, _ = bundles
+    placement = step_placement(load_bundle(root / "int8"), "cpu")
+    assert placement.nodes.get("CPUExecutionProvider", 0) > 20 and placement.memcpy == 0
