@@ -141,8 +141,8 @@ def step_placement(bundle, provider: str = "cpu", new_tokens: int = 2) -> Placem
     import os
     import tempfile
 
-    from edgeseq.runtime.generator import OrtBackend, session_options
-    from edgeseq.runtime.session import GraphSession
+    from edgeseq.runtime.generator import OrtBackend
+    from edgeseq.runtime.session import GraphSession, session_options
 
     backend = OrtBackend(bundle, provider, one_row=False)  # (decoder_step is what is placed, one row or more)
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from edgeseq.bundle import ONE_ROW
 from edgeseq.errors import BundleError, EdgeseqError, InputError, OptionsError
@@ -21,7 +20,13 @@ from edgeseq.runtime.loop import Decoding, batches, decode
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.pages import drop_loaded_pages, trim_heap
 from edgeseq.runtime.search import Hypothesis
-from edgeseq.runtime.session import GraphSession, check_file_io, check_provider, resolve_providers
+from edgeseq.runtime.session import (
+    GraphSession,
+    check_file_io,
+    check_provider,
+    resolve_providers,
+    session_options,
+)
 from edgeseq.runtime.step import BEAM, GREEDY, INPLACE, REORDER, HeadRequest
 
 HEAD_MODES = {  # the step graph's head_mode input (export/head.py)
@@ -29,47 +34,6 @@ HEAD_MODES = {  # the step graph's head_mode input (export/head.py)
     GREEDY: np.array(1, dtype=np.int64),
     BEAM: np.array(2, dtype=np.int64),
 }
-
-
-_ARENA: list[bool] = []
-_ARENA_LOCK = threading.Lock()
-
-
-def shared_cpu_arena() -> bool:
-    """One CPU memory arena for every session of the process (registered once; False if this onnxruntime
-    cannot). Each session's own arena would keep its peak to itself: the encoder's activations of the
-    largest batch stay held while the decoder step grows its caches in a second arena, and a file
-    translated in batches needs the sum of both peaks instead of the larger one."""
-    with _ARENA_LOCK:
-        if not _ARENA:
-            try:
-                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 0, -1, -1))  # defaults: grow by doubling
-                _ARENA.append(True)
-            except Exception:  # noqa: BLE001 - an older build, or one registered already: per-session arenas
-                _ARENA.append(False)
-        return _ARENA[0]
-
-
-def session_options(threads: int | None, step: bool) -> ort.SessionOptions:
-    """Full graph optimisation, `threads` intra-op threads, weights repacked for the GEMM kernels at load.
-
-    Only the decoder step's session spins its threads: each session has its own pool, and a pool left
-    spinning after the encoder would steal the step's cores. Every graph repacks its weights: the encoder
-    and attention graphs run once per batch, but read from where they lie (mapped from the bundle) their
-    GEMMs were 18-24% slower (Marian base and small, 16-23 sources of 32 tokens), and the mapped pages a run
-    reads are resident as the packed copy is (runtime/pages.py drops the ones prepacking read).
-    """
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: edgeseq reports a failure itself, in one line
-    if shared_cpu_arena():
-        options.add_session_config_entry("session.use_env_allocators", "1")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if step else "0")
-    return options
 
 
 class OrtBackend:
@@ -109,7 +73,8 @@ class OrtBackend:
         drop_loaded_pages(bundle.path)  # what prepacking read is in the sessions' copies (runtime/pages.py)
         notes = {check_provider(provider, s.session, name) for name, s in self.sessions.items()} - {None}
         self.note = "; ".join(sorted(notes)) or None  # a fallback that `auto` made, for the user to see
-        self.device = DEVICES[self.providers[0]] if self.one_row else DEVICES[self._step(2).session.get_providers()[0]]
+        step = self.providers[0] if self.one_row else self.sessions["decoder_step"].session.get_providers()[0]
+        self.device = DEVICES[step]
         self.graphs = bundle.manifest.loop_graphs
         self.step_graph = bundle.manifest.graphs["decoder_step"]
         self.special_tokens = bundle.manifest.special_tokens

@@ -18,7 +18,7 @@ from edgeseq.runtime.loop import batches
 from edgeseq.runtime.options import DecodingOptions
 from edgeseq.runtime.pages import drop_loaded_pages
 from edgeseq.runtime.search import Hypothesis
-from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers
+from edgeseq.runtime.session import GraphSession, check_provider, resolve_providers, session_options
 
 GRAPH = "generate"
 
@@ -67,7 +67,6 @@ class GraphEngine:
     """A bundle's generate.onnx on ONNX Runtime: sources and options in, hypotheses out."""
 
     def __init__(self, bundle: Bundle, provider: str = "cpu", threads: int | None = None) -> None:
-        from edgeseq.runtime.generator import session_options
 
         if GRAPH not in bundle.manifest.graphs:
             raise BundleError(

@@ -1,7 +1,7 @@
 """Giving back the pages of a bundle's weights that ONNX Runtime read while loading, once it holds its own copy.
 
 ONNX Runtime maps a bundle's weights file (page-aligned external data) rather than reading it. A session
-that prepacks its weights for the GEMM kernels (the decoder step's: runtime/generator.py `session_options`)
+that prepacks its weights for the GEMM kernels (the decoder step's: runtime/session.py `session_options`)
 reads every page of them once, at load, into its packed copy; the mapped pages stay resident all the same and
 count in the process's memory (a dynamic-int8 Marian base: 28 MB of a 77 MB bundle). Dropping them after
 the sessions load costs nothing: a page that a kernel reads again (the encoder reads its weights where they
