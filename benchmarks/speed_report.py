@@ -110,13 +110,7 @@ def markdown(data: dict) -> str:
                     f"| {label} | {r['tokens_per_s']:.0f} | {r['lines_per_s']:.1f} | {r['seconds']:.2f} "
                     f"| {r['peak_rss_mb']:.0f} |"
                 )
-            ratios = [
-                f"{a} / {b}: {shown(results[a], results[b], 'tokens_per_s')} tokens/s, "
-                f"{shown(results[a], results[b], 'peak_rss_mb')} peak RSS"
-                for a, b in FILE_RATIOS
-                if a in results and b in results
-            ]
-            out.append("\n" + "; ".join(ratios) + ".\n")
+            out.append(ratio_line(results, FILE_RATIOS))
             continue
         model, batch, beam = WORKLOADS[workload]
         search = "greedy" if beam == 1 else f"beam {beam}"
@@ -131,11 +125,16 @@ def markdown(data: dict) -> str:
                 f"| {label} | {r['tokens_per_s']:.1f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | {r['first_ms']:.2f} "
                 f"| {r['step_ms']:.3f}{floor} | {r['peak_rss_mb']:.0f} | {r['load_s']:.2f} | {r['bytes'] / 1e6:.1f} |"
             )
-        ratios = [
-            f"{a} / {b}: {shown(results[a], results[b], 'tokens_per_s')} tokens/s, "
-            f"{shown(results[a], results[b], 'peak_rss_mb')} peak RSS"
-            for a, b in RATIOS
-            if a in results and b in results
-        ]
-        out.append("\n" + "; ".join(ratios) + ".\n")
+        out.append(ratio_line(results, RATIOS))
     return "\n".join(out)
+
+
+def ratio_line(results: dict, pairs) -> str:
+    """The Markdown line under a table: each pair's tokens/s and peak RSS ratios (with their range)."""
+    ratios = [
+        f"{a} / {b}: {shown(results[a], results[b], 'tokens_per_s')} tokens/s, "
+        f"{shown(results[a], results[b], 'peak_rss_mb')} peak RSS"
+        for a, b in pairs
+        if a in results and b in results
+    ]
+    return "\n" + "; ".join(ratios) + ".\n"
