@@ -1,5 +1,5 @@
-"""Export stage 2: the graphs. Trace each graph of an adapter, simplify it, add the greedy head to the step,
-and store every weight once in the bundle's weights file."""
+"""Export stage 2: the graphs. Trace each graph of an adapter, simplify it, fold attention's score scales into
+the query projections, add the head to the step, and store every weight once in the bundle's weights file."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from edgeseq.export.adapter import Seq2SeqAdapter, TorchBackend
 from edgeseq.export.head import add_head
 from edgeseq.export.parity import sample_sources
 from edgeseq.export.reorder import add_reorder
+from edgeseq.export.score_scale import fold_score_scales_in
 from edgeseq.export.simplify import simplify_graph
 from edgeseq.export.trace import trace_graph
 from edgeseq.export.weights import share_weights, split_projections
@@ -35,12 +36,13 @@ def write_graphs(
     head, if added) and what was done, for the manifest's provenance."""
     specs, decoder = adapter.graph_specs(), adapter.decoder_spec()
     feeds = example_feeds(TorchBackend(adapter))
-    simplified = {}
+    simplified, scales = {}, {}
     for name, spec in specs.items():
         progress(f"tracing {name}")
         trace_graph(adapter, name, spec, feeds[name], folder / spec.file, opset)
         if simplify:
             simplified[name] = simplify_graph(folder / spec.file, spec)
+        scales[name] = fold_score_scales_in(folder / spec.file)
     if head:
         step = specs["decoder_step"]
         specs = dict(specs)
@@ -50,7 +52,11 @@ def write_graphs(
     files = [spec.file for spec in specs.values()]
     sharing = share_weights(folder, files)
     split = split_projections(folder, files)
-    made = {"weights": {**asdict(sharing), "projections_split": split}, "simplify": simplified or None}
+    made = {
+        "weights": {**asdict(sharing), "projections_split": split},
+        "simplify": simplified or None,
+        "score_scales_folded": {name: n for name, n in scales.items() if n},
+    }
     return specs, decoder, made
 
 
