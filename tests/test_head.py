@@ -291,3 +291,47 @@ def test_greedy_branch_takes_the_lower_index_of_tied_maxima():
     np.testing.assert_array_equal(ids[:, 0], [2, 0, 3])
     np.testing.assert_array_equal(ids[:, 0], x.argmax(-1))
     np.testing.assert_allclose(scores[:, 0], -np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("banned", "beams"),
+    [((), 2), ((1, 4), 2), ((0, 1, 2, 4), 2), ((0, 1, 2, 3, 4), 3)],
+    ids=["no bias", "two banned", "fewer allowed than 2k", "one allowed, 2k above the vocabulary"],
+)
+def test_beam_branch_adds_the_bias_to_candidates_as_one_topk_over_all_would(banned, beams):
+    """The beam branch alone (export/head.py _beam) on logits with exact ties: the bias is added to each row's
+    best 2k + (ids with a bias) only, yet the ids are those of a stable sort of log_softmax + bias + running
+    over (sources, beams * V), ties to the lower beam then the lower token, -inf candidates included."""
+    import onnxruntime as ort
+
+    from edgeseq.export.head import BEAM, BIAS, _beam
+
+    vocab = 6
+    branch = _beam("logits", vocab)
+    graph = helper.make_graph(
+        [helper.make_node("If", ["go"], ["scores", "ids"], then_branch=branch, else_branch=branch)],
+        "beam_only",
+        [
+            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", vocab]),
+            helper.make_tensor_value_info(BIAS, TensorProto.FLOAT, [vocab]),
+            helper.make_tensor_value_info(BEAM, TensorProto.FLOAT, ["sources", "beams"]),
+        ],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, None),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(len(banned))
+    sources = 2
+    logits = rng.integers(0, 3, (sources * beams, vocab)).astype(np.float32)  # many exact ties
+    running = np.array([[-1.0] * beams, [0.0] + [-2.0] * (beams - 1)], np.float32)
+    bias = np.zeros(vocab, np.float32)
+    bias[list(banned)] = -np.inf
+    scores, ids = session.run(None, {"go": np.array(True), "logits": logits, BIAS: bias, BEAM: running})
+    total = (log_softmax(logits) + bias + running.reshape(-1, 1)).reshape(sources, beams * vocab)
+    expected = np.argsort(-total, axis=-1, kind="stable")[:, : 2 * beams]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(total, expected, -1), rtol=1e-6)

@@ -88,27 +88,46 @@ def _greedy(logits: str) -> onnx.GraphProto:
 def _beam(logits: str, vocab: int) -> onnx.GraphProto:
     """Each row's best 2k (a source's best 2k are among its rows' best 2k), plus its running score, then the
     best 2k of the source's k * 2k: what a TopK over (sources, beams * V) gives, ties included (the lower
-    index first in both TopKs: the lower beam, then the lower token), without a second (rows, V) Add."""
+    index first in both TopKs: the lower beam, then the lower token), without a second (rows, V) Add.
+
+    The bias (0, or negative: -inf bans) is added to candidates only, not to the (rows, V) log-probabilities:
+    a row's best 2k of log-probabilities + bias are among its best 2k + n log-probabilities, n the ids with a
+    nonzero bias (each id ranked above one of them is either unbiased, so also above it after the bias, or one
+    of the n). The candidates are put back in id order before the bias so the TopK after it breaks ties by
+    the lower id, as one TopK over all of them would (ids as float32: exact below 2^24)."""
     b = _Nodes("beam")
-    logprobs = b.op("Add", [b.op("LogSoftmax", [logits], axis=-1), BIAS])  # (rows, V), HF's processor order
+    logprobs = b.op("LogSoftmax", [logits], axis=-1)  # (rows, V)
     shape = b.op("Shape", [BEAM])  # (sources, beams)
     sources = b.op("Slice", [shape, b.const(np.array([0])), b.const(np.array([1]))])
     beams = b.op("Slice", [shape, b.const(np.array([1])), b.const(np.array([2]))])
     k = b.op("Mul", [beams, b.const(np.array([2], dtype=np.int64))])
-    per_row = b.op("Min", [k, b.const(np.array([vocab], dtype=np.int64))])  # (a vocabulary smaller than 2k)
-    row_scores, row_ids = f"head.beam.rowtop{b.count + 1}", f"head.beam.rowidx{b.count + 1}"
-    b.nodes.append(
-        helper.make_node("TopK", [logprobs, per_row], [row_scores, row_ids], name=row_scores, axis=-1, sorted=1)
-    )
+    all_ids = b.const(np.array([vocab], dtype=np.int64))
+    per_row = b.op("Min", [k, all_ids])  # (a vocabulary smaller than 2k)
+    biased_ids = b.op("Not", [b.op("Equal", [BIAS, b.const(np.array(0, dtype=np.float32))])])
+    count = b.op("ReduceSum", [b.op("Cast", [biased_ids], to=TensorProto.INT64), _axes(b)], keepdims=1)
+    wide = b.op("Min", [b.op("Add", [per_row, count]), all_ids])  # (1,)
+    top, top_ids = _top_k(b, logprobs, wide)  # (rows, wide): best first
+    _, order = _top_k(b, b.op("Neg", [b.op("Cast", [top_ids], to=TensorProto.FLOAT)]), wide)  # by id
+    cand_ids = b.op("GatherElements", [top_ids, order], axis=1)
+    cand = b.op("Add", [b.op("GatherElements", [top, order], axis=1), b.op("Gather", [BIAS, cand_ids])])
+    row_scores, at_row = _top_k(b, cand, per_row)
+    row_ids = b.op("GatherElements", [cand_ids, at_row], axis=1)
     running = b.op("Reshape", [BEAM, b.const(np.array([-1, 1], dtype=np.int64))])  # (rows, 1)
     width = b.op("Concat", [sources, b.op("Mul", [beams, per_row])], axis=0)
     flat = b.op("Reshape", [b.op("Add", [row_scores, running]), width])  # (sources, beams * per_row)
-    scores, at = f"head.beam.top{b.count + 1}", f"head.beam.at{b.count + 1}"
-    b.nodes.append(helper.make_node("TopK", [flat, k], [scores, at], name=scores, axis=-1, largest=1, sorted=1))
+    scores, at = _top_k(b, flat, k)
     token = b.op("GatherElements", [b.op("Reshape", [row_ids, width]), at], axis=1)
     beam = b.op("Div", [at, per_row])  # (int64: floor for these non-negative ids)
     ids = b.op("Add", [b.op("Mul", [beam, b.const(np.array(vocab, dtype=np.int64))]), token])  # beam * V + token
     return _branch(b, scores, ids)
+
+
+def _top_k(b: _Nodes, values: str, k: str) -> tuple[str, str]:
+    """TopK along the last axis, largest first (ties: the lower index first)."""
+    b.count += 1
+    scores, at = f"head.{b.prefix}.top{b.count}", f"head.{b.prefix}.at{b.count}"
+    b.nodes.append(helper.make_node("TopK", [values, k], [scores, at], name=scores, axis=-1, largest=1, sorted=1))
+    return scores, at
 
 
 def _none() -> onnx.GraphProto:
