@@ -294,20 +294,37 @@ def test_greedy_branch_takes_the_lower_index_of_tied_maxima():
 
 
 @pytest.mark.parametrize(
-    ("banned", "beams"),
-    [((), 2), ((1, 4), 2), ((0, 1, 2, 4), 2), ((0, 1, 2, 3, 4), 3)],
-    ids=["no bias", "two banned", "fewer allowed than 2k", "one allowed, 2k above the vocabulary"],
+    ("vocab", "banned", "beams", "opset"),
+    [
+        (6, (), 2, 17),
+        (6, (1, 4), 2, 17),
+        (6, (0, 1, 2, 4), 2, 17),
+        (6, (0, 1, 2, 3, 4), 3, 17),
+        (128, (1, 4, 100), 4, 17),
+        (128, (), 3, 18),
+        (128, tuple(range(2, 127)), 2, 18),
+    ],
+    ids=[
+        "no bias",
+        "two banned",
+        "fewer allowed than 2k",
+        "one allowed, 2k above the vocabulary",
+        "blocks of 16",
+        "blocks, opset 18",
+        "blocks, fewer allowed than 2k",
+    ],
 )
-def test_beam_branch_adds_the_bias_to_candidates_as_one_topk_over_all_would(banned, beams):
+def test_beam_branch_adds_the_bias_to_candidates_as_one_topk_over_all_would(vocab, banned, beams, opset):
     """The beam branch alone (export/head.py _beam) on logits with exact ties: the bias is added to each row's
-    best 2k + (ids with a bias) only, yet the ids are those of a stable sort of log_softmax + bias + running
-    over (sources, beams * V), ties to the lower beam then the lower token, -inf candidates included."""
+    best 2k + (ids with a bias) only, found through blocks of the vocabulary where a block size divides it,
+    yet the ids are those of a stable sort of log_softmax + bias + running over (sources, beams * V), ties to
+    the lower beam then the lower token, -inf candidates included."""
     import onnxruntime as ort
 
     from edgeseq.export.head import BEAM, BIAS, _beam
 
-    vocab = 6
-    branch = _beam("logits", vocab)
+    branch = _beam("logits", vocab, opset)
+    assert any(n.op_type == "ReduceMax" for n in branch.node) == (vocab == 128)
     graph = helper.make_graph(
         [helper.make_node("If", ["go"], ["scores", "ids"], then_branch=branch, else_branch=branch)],
         "beam_only",
@@ -322,9 +339,9 @@ def test_beam_branch_adds_the_bias_to_candidates_as_one_topk_over_all_would(bann
             helper.make_tensor_value_info("ids", TensorProto.INT64, None),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(len(banned))
+    rng = np.random.default_rng(len(banned) + vocab)
     sources = 2
     logits = rng.integers(0, 3, (sources * beams, vocab)).astype(np.float32)  # many exact ties
     running = np.array([[-1.0] * beams, [0.0] + [-2.0] * (beams - 1)], np.float32)
@@ -335,3 +352,40 @@ def test_beam_branch_adds_the_bias_to_candidates_as_one_topk_over_all_would(bann
     expected = np.argsort(-total, axis=-1, kind="stable")[:, : 2 * beams]
     np.testing.assert_array_equal(ids, expected)
     np.testing.assert_allclose(scores, np.take_along_axis(total, expected, -1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 5, 8, 9, 40])
+@pytest.mark.parametrize("opset", [17, 18])
+def test_block_top_k_is_topk_ties_included(k, opset):
+    """_block_top_k over 128 ids (8 blocks of 16): values and ids of a stable sort, when the best span every
+    block in no block order, tied within and across blocks."""
+    import onnxruntime as ort
+
+    from edgeseq.export.head import _block_top_k, _Nodes
+
+    b = _Nodes("t")
+    top, ids = _block_top_k(b, "x", "k", 128, opset)
+    assert any(n.op_type == "ReduceMax" for n in b.nodes)
+    b.nodes += [helper.make_node("Identity", [top], ["top"]), helper.make_node("Identity", [ids], ["ids"])]
+    graph = helper.make_graph(
+        b.nodes,
+        "block_top_k",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 128]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("top", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, None),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(k)
+    x = rng.integers(0, 3, (6, 128)).astype(np.float32)
+    for row in x.reshape(6, 8, 16):  # one high value in each block, from 3 levels: ties across blocks
+        row[np.arange(8), rng.integers(0, 16, 8)] = rng.integers(5, 8, 8)
+    top, ids = session.run(None, {"x": x, "k": np.array([k], np.int64)})
+    expected = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(top, np.take_along_axis(x, expected, -1))

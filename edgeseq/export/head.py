@@ -85,7 +85,7 @@ def _greedy(logits: str) -> onnx.GraphProto:
     return _branch(b, scores, ids)
 
 
-def _beam(logits: str, vocab: int) -> onnx.GraphProto:
+def _beam(logits: str, vocab: int, opset: int = 17) -> onnx.GraphProto:
     """Each row's best 2k (a source's best 2k are among its rows' best 2k), plus its running score, then the
     best 2k of the source's k * 2k: what a TopK over (sources, beams * V) gives, ties included (the lower
     index first in both TopKs: the lower beam, then the lower token), without a second (rows, V) Add.
@@ -94,7 +94,8 @@ def _beam(logits: str, vocab: int) -> onnx.GraphProto:
     a row's best 2k of log-probabilities + bias are among its best 2k + n log-probabilities, n the ids with a
     nonzero bias (each id ranked above one of them is either unbiased, so also above it after the bias, or one
     of the n). The candidates are put back in id order before the bias so the TopK after it breaks ties by
-    the lower id, as one TopK over all of them would (ids as float32: exact below 2^24)."""
+    the lower id, as one TopK over all of them would (ids as float32: exact below 2^24). The first TopK reads
+    blocks of the vocabulary where a block size divides it (_block_top_k)."""
     b = _Nodes("beam")
     logprobs = b.op("LogSoftmax", [logits], axis=-1)  # (rows, V)
     shape = b.op("Shape", [BEAM])  # (sources, beams)
@@ -106,7 +107,7 @@ def _beam(logits: str, vocab: int) -> onnx.GraphProto:
     biased_ids = b.op("Not", [b.op("Equal", [BIAS, b.const(np.array(0, dtype=np.float32))])])
     count = b.op("ReduceSum", [b.op("Cast", [biased_ids], to=TensorProto.INT64), _axes(b)], keepdims=1)
     wide = b.op("Min", [b.op("Add", [per_row, count]), all_ids])  # (1,)
-    top, top_ids = _top_k(b, logprobs, wide)  # (rows, wide): best first
+    top, top_ids = _block_top_k(b, logprobs, wide, vocab, opset)  # (rows, wide): best first
     _, order = _top_k(b, b.op("Neg", [b.op("Cast", [top_ids], to=TensorProto.FLOAT)]), wide)  # by id
     cand_ids = b.op("GatherElements", [top_ids, order], axis=1)
     cand = b.op("Add", [b.op("GatherElements", [top, order], axis=1), b.op("Gather", [BIAS, cand_ids])])
@@ -130,6 +131,36 @@ def _top_k(b: _Nodes, values: str, k: str) -> tuple[str, str]:
     return scores, at
 
 
+BLOCKS = (32, 64, 16, 48, 40, 24)  # block sizes tried, in order, for _block_top_k
+
+
+def _block_top_k(b: _Nodes, values: str, k: str, vocab: int, opset: int) -> tuple[str, str]:
+    """TopK of (rows, V) `values` (k <= V), as _top_k, ties included, reading each row through its blocks.
+
+    A row's best k lie in its k best blocks (by block maximum, ties to the lower block): each block ranked
+    above an element's block holds an element ranked above it. A maximum per block is one vectorised pass, where
+    TopK over V compares element by element (Marian small, 96 rows of 8,000: 95 us against 617). Only when a
+    block size of BLOCKS divides V; else one TopK. The candidates are gathered in id order, so the TopK over
+    them breaks ties by the lower id."""
+    size = next((n for n in BLOCKS if vocab % n == 0 and vocab // n >= 8), None)
+    if size is None:
+        return _top_k(b, values, k)
+    count = vocab // size
+    blocks = b.op("Reshape", [values, b.const(np.array([0, count, size], dtype=np.int64))])  # (rows, n, size)
+    if opset >= 18:
+        maxima = b.op("ReduceMax", [blocks, _axes(b)], keepdims=0)  # (rows, n)
+    else:
+        maxima = b.op("ReduceMax", [blocks], axes=[-1], keepdims=0)
+    wanted = b.op("Min", [k, b.const(np.array([count], dtype=np.int64))])
+    _, best = _top_k(b, maxima, wanted)  # (rows, kb) blocks
+    _, order = _top_k(b, b.op("Neg", [b.op("Cast", [best], to=TensorProto.FLOAT)]), wanted)  # by block
+    first = b.op("Mul", [b.op("GatherElements", [best, order], axis=1), b.const(np.array(size, dtype=np.int64))])
+    ids = b.op("Add", [b.op("Unsqueeze", [first, b.const(np.array([2], dtype=np.int64))]), b.const(np.arange(size, dtype=np.int64))])
+    ids = b.op("Reshape", [ids, b.const(np.array([0, -1], dtype=np.int64))])  # (rows, kb * size), ascending
+    top, at = _top_k(b, b.op("GatherElements", [values, ids], axis=1), k)
+    return top, b.op("GatherElements", [ids, at], axis=1)
+
+
 def _none() -> onnx.GraphProto:
     b = _Nodes("none")
     scores = b.const(np.zeros((0, 0), dtype=np.float32))
@@ -146,6 +177,7 @@ def add_head(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[GraphSp
     if logits.dtype != "float32" or not isinstance(vocab, int) or names & {MODE, BIAS, BEAM, SCORES, IDS}:
         return spec, decoder  # (float32 logits of a fixed vocabulary, and free names: else no head)
     g = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     two = numpy_helper.from_array(np.array(BEAM_MODE, dtype=np.int64), "head.mode.beam")
     one = numpy_helper.from_array(np.array(GREEDY, dtype=np.int64), "head.mode.greedy")
     g.node.extend(
@@ -159,7 +191,7 @@ def add_head(path: Path, spec: GraphSpec, decoder: DecoderSpec) -> tuple[GraphSp
                 ["head.is_beam"],
                 [SCORES, IDS],
                 name="head.if_beam",
-                then_branch=_beam(decoder.logits_output, vocab),
+                then_branch=_beam(decoder.logits_output, vocab, opset),
                 else_branch=helper.make_graph(
                     [
                         helper.make_node(
