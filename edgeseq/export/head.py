@@ -155,7 +155,8 @@ def _block_top_k(b: _Nodes, values: str, k: str, vocab: int, opset: int) -> tupl
     _, best = _top_k(b, maxima, wanted)  # (rows, kb) blocks
     _, order = _top_k(b, b.op("Neg", [b.op("Cast", [best], to=TensorProto.FLOAT)]), wanted)  # by block
     first = b.op("Mul", [b.op("GatherElements", [best, order], axis=1), b.const(np.array(size, dtype=np.int64))])
-    ids = b.op("Add", [b.op("Unsqueeze", [first, b.const(np.array([2], dtype=np.int64))]), b.const(np.arange(size, dtype=np.int64))])
+    offsets = b.const(np.arange(size, dtype=np.int64))
+    ids = b.op("Add", [b.op("Unsqueeze", [first, b.const(np.array([2], dtype=np.int64))]), offsets])
     ids = b.op("Reshape", [ids, b.const(np.array([0, -1], dtype=np.int64))])  # (rows, kb * size), ascending
     top, at = _top_k(b, b.op("GatherElements", [values, ids], axis=1), k)
     return top, b.op("GatherElements", [ids, at], axis=1)
