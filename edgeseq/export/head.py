@@ -9,7 +9,7 @@ ONNX Runtime runs every node of a graph whatever outputs are asked for, so the h
 `head_mode` input: 0 computes nothing (the loop reads the logits: sampling, penalties), 1 greedy, 2 beam.
 The logits output stays for the strategies and processors that need it.
 
-Inputs:  head_mode () int64; head_bias (V,) float32 (-inf at banned ids, 0 elsewhere); beam_scores
+Inputs:  head_mode () int64; head_bias (V,) float32 (-inf at banned ids, 0 elsewhere; never > 0); beam_scores
          (sources, beams) float32 (beam mode: each row's running score; any (0, 0) array otherwise).
 Outputs: head_scores (A, k) float32, head_ids (A, k) int64. Greedy: (rows, 1), the argmax of logits + bias
          and its log-probability. Beam: (sources, 2 * beams), best first (ties: the lower index), ids
