@@ -258,30 +258,40 @@ def test_a_bundle_with_the_older_greedy_only_head_still_uses_it(bundles, tmp_pat
     assert used  # greedy went through the old head, beam search through the logits
 
 
-def test_greedy_branch_takes_the_lower_index_of_tied_maxima():
-    """The greedy branch alone (export/head.py _greedy), on logits with exact ties: as numpy's argmax (and
-    the loop's), the lower index wins, and its score is the log-probability of the biased logits."""
+def branch_session(branch, vocab: int, beam: bool, opset: int = 17):
+    """An ONNX Runtime session running one head branch alone (both sides of an If), fed go, logits, the bias
+    and, for the beam branch, the running scores."""
     import onnxruntime as ort
 
-    from edgeseq.export.head import BIAS, _greedy
+    from edgeseq.export.head import BEAM, BIAS
 
-    vocab = 6
-    branch = _greedy("logits")
+    inputs = [
+        helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", vocab]),
+        helper.make_tensor_value_info(BIAS, TensorProto.FLOAT, [vocab]),
+    ]
+    if beam:
+        inputs.append(helper.make_tensor_value_info(BEAM, TensorProto.FLOAT, ["sources", "beams"]))
     graph = helper.make_graph(
         [helper.make_node("If", ["go"], ["scores", "ids"], then_branch=branch, else_branch=branch)],
-        "greedy_only",
-        [
-            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", vocab]),
-            helper.make_tensor_value_info(BIAS, TensorProto.FLOAT, [vocab]),
-        ],
+        "branch_only",
+        inputs,
         [
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, None),
             helper.make_tensor_value_info("ids", TensorProto.INT64, None),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_greedy_branch_takes_the_lower_index_of_tied_maxima():
+    """The greedy branch alone (export/head.py _greedy), on logits with exact ties: as numpy's argmax (and
+    the loop's), the lower index wins, and its score is the log-probability of the biased logits."""
+    from edgeseq.export.head import BIAS, _greedy
+
+    vocab = 6
+    session = branch_session(_greedy("logits"), vocab, beam=False)
     logits = np.array([[1, 3, 3, 0, 3, 2], [5, 5, 5, 5, 5, 5], [0, 1, 2, 9, 9, 1]], np.float32)
     bias = np.zeros(vocab, np.float32)
     bias[1] = -np.inf  # row 0's first maximum banned: the next one (index 2) wins
@@ -319,28 +329,11 @@ def test_beam_branch_adds_the_bias_to_candidates_as_one_topk_over_all_would(voca
     best 2k + (ids with a bias) only, found through blocks of the vocabulary where a block size divides it,
     yet the ids are those of a stable sort of log_softmax + bias + running over (sources, beams * V), ties to
     the lower beam then the lower token, -inf candidates included."""
-    import onnxruntime as ort
-
     from edgeseq.export.head import BEAM, BIAS, _beam
 
     branch = _beam("logits", vocab, opset)
     assert any(n.op_type == "ReduceMax" for n in branch.node) == (vocab == 128)
-    graph = helper.make_graph(
-        [helper.make_node("If", ["go"], ["scores", "ids"], then_branch=branch, else_branch=branch)],
-        "beam_only",
-        [
-            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", vocab]),
-            helper.make_tensor_value_info(BIAS, TensorProto.FLOAT, [vocab]),
-            helper.make_tensor_value_info(BEAM, TensorProto.FLOAT, ["sources", "beams"]),
-        ],
-        [
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, None),
-            helper.make_tensor_value_info("ids", TensorProto.INT64, None),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = branch_session(branch, vocab, beam=True, opset=opset)
     rng = np.random.default_rng(len(banned) + vocab)
     sources = 2
     logits = rng.integers(0, 3, (sources * beams, vocab)).astype(np.float32)  # many exact ties

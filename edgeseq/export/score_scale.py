@@ -159,10 +159,10 @@ def fold_score_scales(model: onnx.ModelProto) -> int:
     g = _Graph(model.graph)
     read_before = _reads(model.graph)
     folded = 0
+    outputs = {o.name for o in model.graph.output}
     for mm in [n for n in model.graph.node if n.op_type == "MatMul"]:
         after = [n for n in model.graph.node if mm.output[0] in n.input]
         scale_after = None
-        outputs = {o.name for o in model.graph.output}
         if len(after) == 1 and g.only_reader(mm.output[0]) and after[0].output[0] not in outputs:
             scale_after = _scale_of(g, after[0], mm.output[0])
         for side in (0, 1):
